@@ -1,0 +1,26 @@
+"""Per-pixel kernels, one module per family. Each kernel exists three ways:
+
+- ``*_numba``: ``@njit(cache=True, nogil=True, parallel=True)``, ``prange`` over rows, explicit ``out``;
+- ``*_torch``: the same maths on torch tensors (CUDA when present; CPU for the equality tests);
+- ``*_ref``: a plain numpy reference, used by the tests and as the benchmark baseline.
+
+A thin wrapper checks dtype, shape and contiguity once per call (cheap) and dispatches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+JIT = dict(cache=True, nogil=True, parallel=True, fastmath=False)
+
+
+def check_frame(a: np.ndarray, name: str = "frame") -> None:
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"{name}: expected (H, W, 3) uint8, got {a.shape} {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name}: must be C-contiguous")
+
+
+def check_same(a: np.ndarray, b: np.ndarray, names: str = "src/out") -> None:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        raise ValueError(f"{names}: shapes/dtypes differ: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
