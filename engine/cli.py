@@ -16,8 +16,10 @@ from .errors import SinkError, UserError
 from .params import ParamError, parse_size
 
 log = logging.getLogger("avatarcast")
-# other packages add subcommands: each module has add_commands(subparsers) (imported lazily)
-EXTENSIONS: tuple[str, ...] = ()
+# Modules that add subcommands or options: each has ``add_commands(sub, parsers)`` where ``sub`` is the
+# subcommand action and ``parsers`` maps "run", "render", "demo", "preset" (its sub-action: "preset_sub")
+# to the existing parsers. Modules not present in this install are skipped.
+EXTENSIONS: tuple[str, ...] = ("engine.hotkeys", "engine.bundle", "obs_plugin.cli", "nodes.evaluate")
 DEFAULT_DEMO_PRESET = "demo"
 
 
@@ -348,9 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     b.set_defaults(func=cmd_bench)
 
+    parsers = {"run": r, "render": d, "demo": m, "nodes": n, "preset": p, "preset_sub": psub, "bench": b}
     for modname in EXTENSIONS:
-        mod = importlib.import_module(modname)
-        mod.add_commands(sub, psub)
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name == modname:
+                continue
+            raise
+        mod.add_commands(sub, parsers)
     return ap
 
 

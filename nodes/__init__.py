@@ -1,9 +1,11 @@
-"""The effects. Importing this package registers every built-in node; it loads no models and needs
-no GPU (nodes load what they need in ``open()``).
-
-Families (one module each): transform (mirror, crop, resize), color (color_adjust).
+"""The effects, one module per family (transform, color, face, reenact, faceswap, background,
+composite, ...). Importing this package registers every built-in node by importing each module in
+it; modules load no models and need no GPU at import (nodes load what they need in ``open()``).
 """
 
-from . import color, transform  # noqa: F401  (registration side effect)
+import importlib
+import pkgutil
 
-FAMILIES = ("transform", "color")
+FAMILIES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")))
+for _name in FAMILIES:
+    importlib.import_module(f"{__name__}.{_name}")
