@@ -11,6 +11,8 @@ thread paces at the target fps and repeats the newest frame when processing is s
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import cv2
 import numpy as np
 
 from .control import Command, CommandBus
-from .errors import AvatarcastError, CommandError, SinkError, SourceError, UserError
+from .errors import AvatarcastError, CommandError, SinkError, SourceError, UserError, Where
 from .graph import Graph, build_graph, fit_into
 from .kernels import transform as tk
 from .node import BuildContext
@@ -100,6 +102,8 @@ class Stats:
     latency_ms: float = 0.0  # capture -> output, moving average
     latency_max_ms: float = 0.0
     camera_losses: int = 0
+    late_output: int = 0  # output frames sent more than half a frame interval after their tick
+    tick_late_max_ms: float = 0.0  # the latest an output frame was sent after its tick
     node_ms: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -111,8 +115,18 @@ class Stats:
 class Engine:
     """Processes one frame at a time with the active preset; applies commands between frames.
 
-    presets: the active set (switchable by index/name/next/prev). All are built and opened up front
-    (``prepare='all'``) or the first up front and the rest in a background thread (``'background'``).
+    presets: the active set (switchable by index/name/next/prev). All are built, opened and warmed up
+    front (``prepare='all'``) or the first up front and the rest by one low-priority background thread
+    (``'background'``), one preset at a time, so that a switch shows the new preset on the next frame.
+
+    Preparing a preset: decode its avatar images into ``BuildContext.shared["avatar_images"]`` (a list
+    of ``(H, W, 3) uint8`` BGR arrays, for nodes that precompute avatar data in ``open()``, cached on
+    disk with ``engine.cache.cached``), build the graph, ``open()`` it, run one black frame through it
+    (lazy initialisation and kernel compilation happen here, never on a live frame), then ``reset()``.
+
+    Thread contract: ``process`` and ``apply`` run on the processing thread; other threads only
+    ``bus.send()`` commands. The preparing thread touches nothing the processing thread reads except
+    ``graphs`` (whole entries added under ``_lock``) and ``_swap`` (a reload's new set).
     """
 
     def __init__(self, presets: list[Preset], *, source_size: tuple[int, int], fps: float = 30.0,
@@ -121,6 +135,8 @@ class Engine:
                  reload: Callable[[], list[Preset]] | None = None):
         if not presets:
             raise UserError("no preset given", hint="use --preset FILE (see presets/ for examples)")
+        if prepare not in ("all", "background"):
+            raise ValueError(f"prepare must be 'all' or 'background', got {prepare!r}")
         self.presets = list(presets)
         self.source_size = source_size  # (w, h)
         self.fps = fps
@@ -139,24 +155,64 @@ class Engine:
         self.mirror = False
         self.hud = False
         self.stats = Stats()
+        self.prepare_ms: dict[str, float] = {}  # preset name -> wall time its preparation took
         self._fps_t = 0.0
         self._out_size_req = out_size
+        # the preparing thread: a to-do list of preset indices (a pending switch jumps the queue),
+        # a reload request, and the reloaded set waiting for the processing thread to take it over
         self._prep_thread: threading.Thread | None = None
+        self._prep_cond = threading.Condition(self._lock)
+        self._prep_todo: list[int] = []
+        self._reload_wanted = False
+        self._swap: tuple[list[Preset], dict[int, Graph], dict[int, str]] | None = None
+        self._reload_error: str | None = None
         self._closed = False
+        self._message = ""  # the HUD's last event line (switch, rejected command), shown for a few s
+        self._message_until = 0.0
+        self._hud_lines: list[str] = []
+        self._hud_t = 0.0
 
     # ---- set-up -----------------------------------------------------------------------------
     def _context(self) -> BuildContext:
         w, h = self.source_size
         return BuildContext(source_size=(h, w), fps=self.fps, device=self.device, live=self.live)
 
-    def _build(self, i: int) -> Graph:
-        g = build_graph(self.presets[i], self._context())
+    def _build(self, preset: Preset, pause: Callable[[], None] = lambda: None) -> Graph:
+        """Decode the avatar, build, open and warm up one preset's graph (raises AvatarcastError).
+        ``pause`` runs between steps (the preparing thread yields there)."""
+        t0 = time.perf_counter()
+        ctx = self._context()
+        images = []
+        for path in preset.avatar.images:
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # releases the GIL while decoding
+            if img is None:
+                raise UserError("cannot decode the avatar image (corrupt?)", Where(path))
+            images.append(img)
+            pause()
+        ctx.shared["avatar_images"] = images
+        g = build_graph(preset, ctx)
+        pause()
         g.open()
+        pause()
+        try:
+            w, h = self.source_size
+            black = np.zeros((h, w, 3), np.uint8)
+            black.flags.writeable = False
+            g.process(black)
+            for run in g.runs:  # the warm-up frame does not count in the live timings
+                run.ms, run.calls = 0.0, 0
+            g.reset()
+        except BaseException:
+            g.close()
+            raise
+        self.prepare_ms[preset.name] = (time.perf_counter() - t0) * 1000.0
+        log.debug("prepared preset %r in %.0f ms", preset.name, self.prepare_ms[preset.name])
         return g
 
     def start(self) -> None:
-        """Build and open the active preset's graph (errors raise: bad preset, missing model)."""
-        self.graphs[self.active] = self._build(self.active)
+        """Build and open the active preset's graph (errors raise: bad preset, missing model), then
+        prepare the others (now, or in the background)."""
+        self.graphs[self.active] = self._build(self.presets[self.active])
         if self._out_size_req:
             self.out_size = self._out_size_req
         else:
@@ -172,31 +228,79 @@ class Engine:
             for i in others:
                 self._prepare_one(i)
         elif others:
-            self._prep_thread = threading.Thread(target=self._prepare_all, args=(others,), name="prepare", daemon=True)
-            self._prep_thread.start()
+            with self._lock:
+                self._prep_todo = others
+            self._ensure_worker()
 
-    def _prepare_one(self, i: int) -> None:
+    def _prepare_one(self, i: int, pause: Callable[[], None] = lambda: None) -> None:
+        """Prepare preset ``i`` of the current set into ``graphs`` (errors are remembered, not raised)."""
+        preset = self.presets[i]
         try:
-            g = self._build(i)
+            g = self._build(preset, pause)
         except AvatarcastError as exc:
-            self._graph_errors[i] = str(exc)
-            log.error("preset %r cannot be used: %s", self.presets[i].name, exc)
+            msg = exc.render() if isinstance(exc, UserError) else str(exc)
+            with self._lock:
+                if self.presets[i] is preset:
+                    self._graph_errors[i] = msg
+            log.error("preset %r cannot be used: %s", preset.name, msg)
             return
         with self._lock:
-            if self._closed:
-                g.close()
+            if self._closed or i >= len(self.presets) or self.presets[i] is not preset:
+                g.close()  # closed, or a reload replaced the set meanwhile
             else:
                 self.graphs[i] = g
 
-    def _prepare_all(self, indices: list[int]) -> None:
-        for i in indices:
-            if self._closed:
-                return
-            self._prepare_one(i)
+    # the preparing thread
+    def _ensure_worker(self) -> None:
+        if self._prep_thread is None or not self._prep_thread.is_alive():
+            self._prep_thread = threading.Thread(target=self._worker, name="prepare", daemon=True)
+            self._prep_thread.start()
 
-    def wait_prepared(self, timeout: float | None = None) -> None:
-        if self._prep_thread is not None:
-            self._prep_thread.join(timeout)
+    @staticmethod
+    def _pause() -> None:
+        """Between preparation steps: give the processing and output threads the CPU and the GIL."""
+        time.sleep(0.002)
+
+    def _worker(self) -> None:
+        lower_thread_priority()
+        while True:
+            with self._prep_cond:
+                while not (self._closed or self._reload_wanted or self._prep_todo):
+                    self._prep_cond.wait()
+                if self._closed:
+                    return
+                reload, self._reload_wanted = self._reload_wanted, False
+                i = None
+                if not reload:
+                    # a requested switch first, then the set in order
+                    pend = self._pending_switch
+                    i = pend if pend in self._prep_todo else self._prep_todo[0]
+                    self._prep_todo.remove(i)
+                    if i in self.graphs or i in self._graph_errors:
+                        continue
+            try:
+                if reload:
+                    self._prepare_reload()
+                else:
+                    self._prepare_one(i, self._pause)
+            except Exception:  # a bug in a node's open(): logged, the live stream goes on
+                log.exception("preparing in the background failed")
+                if i is not None:
+                    with self._lock:
+                        self._graph_errors.setdefault(i, "preparation failed (see the log)")
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Wait until every preset is prepared (or failed) and no reload is under way. True if so."""
+        t_end = None if timeout is None else time.perf_counter() + timeout
+        while True:
+            with self._lock:
+                done = (not self._prep_todo and not self._reload_wanted and self._swap is None and
+                        all(i in self.graphs or i in self._graph_errors for i in range(len(self.presets))))
+            if done or self._closed:
+                return done
+            if t_end is not None and time.perf_counter() >= t_end:
+                return False
+            time.sleep(0.01)
 
     @property
     def preset(self) -> Preset:
@@ -210,26 +314,38 @@ class Engine:
     def process(self, frame: np.ndarray, out: np.ndarray) -> int:
         """Apply pending commands, then turn ``frame`` (source size) into ``out`` (output size).
         Returns the index of the preset that made the frame."""
+        if self._swap is not None:
+            self._take_reload()
+        elif self._reload_error is not None:
+            msg, self._reload_error = self._reload_error, None
+            self._reject_note(f"reload: {msg}", Command("reload", (), "engine"))
         for cmd in self.bus.drain():
             self.apply(cmd)
-        if self._pending_switch is not None and self._pending_switch in self.graphs:
-            self._switch_now(self._pending_switch)
+        pend = self._pending_switch
+        if pend is not None:
+            if pend in self.graphs:
+                self._switch_now(pend)
+            elif pend in self._graph_errors:
+                self._pending_switch = None
+                self._reject_note(f"preset {self.presets[pend].name!r} failed to load: {self._graph_errors[pend]}")
         if self.frozen:
             np.copyto(out, self._last_out)
-            return self.active
-        src = frame
-        if self.mirror:
-            tk.mirror_numba(frame, self._mirror_buf, True)
-            src = self._mirror_buf
-        if self.passthrough:
-            fit_into(src, out, "fill")
         else:
-            g = self.graph
-            res = g.process(src, strict=not self.live)
-            fit_into(res, out, "fit")
+            src = frame
+            if self.mirror:
+                tk.mirror_numba(frame, self._mirror_buf, True)
+                src = self._mirror_buf
+            if self.passthrough:
+                fit_into(src, out, "fill")
+            else:
+                res = self.graph.process(src, strict=not self.live)
+                fit_into(res, out, "fit")
+            if self.hud:
+                np.copyto(self._last_out, out)  # freeze holds the picture, not the HUD
         if self.hud:
             self._draw_hud(out)
-        np.copyto(self._last_out, out)
+        elif not self.frozen:
+            np.copyto(self._last_out, out)
         now = time.perf_counter()
         if self._fps_t:
             dt = now - self._fps_t
@@ -241,28 +357,67 @@ class Engine:
         return self.active
 
     def _draw_hud(self, out: np.ndarray) -> None:
-        h = out.shape[0]
-        scale = max(0.35, h / 1400)
-        lines = [f"{self.preset.name}  {self.stats.fps:.0f} fps"]
-        if self.passthrough:
-            lines[0] += "  PASSTHROUGH"
-        lines += [f"{k} {v:.1f} ms" for k, v in self.graph.timings().items()]
-        y = int(22 * scale / 0.5)
-        for text in lines:
-            cv2.putText(out, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(out, text, (10, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-            y += int(20 * scale / 0.5)
+        """A small translucent panel, top left: avatar (preset) name and number, fps, modes, per-node ms,
+        the last event (a switch, a rejected command). Text refreshes 4 times a second."""
+        now = time.perf_counter()
+        if now - self._hud_t > 0.25 or not self._hud_lines:
+            self._hud_t = now
+            s = self.stats
+            lines = [f"{self.active + 1}/{len(self.presets)} {self.preset.name}",
+                     f"{s.fps:4.1f} fps  {s.latency_ms:3.0f} ms  drop {s.dropped_capture + s.dropped_processed}"]
+            modes = [m for m, on in (("PASSTHROUGH", self.passthrough), ("FROZEN", self.frozen),
+                                     ("MIRROR", self.mirror)) if on]
+            if modes:
+                lines.append(" ".join(modes))
+            if not self.passthrough:
+                for run in self.graph.runs:
+                    lines.append(f"{run.spec.id} {run.ms:5.1f} ms" if run.enabled else f"{run.spec.id}  (bypassed)")
+            if self._message and now < self._message_until:
+                lines.append(self._message)
+            self._hud_lines = lines
+        h, w = out.shape[:2]
+        scale = max(0.35, h / 1800)
+        thick = 1 if h < 1000 else 2
+        line_h = int(round(28 * scale / 0.5))
+        pad = max(4, line_h // 3)
+        width = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in self._hud_lines)
+        x1, y1 = min(w, width + 3 * pad), min(h, len(self._hud_lines) * line_h + 2 * pad)
+        panel = out[:y1, :x1]
+        panel >>= 1  # darken to half: readable over any picture, the picture stays visible
+        y = pad + line_h - line_h // 4
+        for text in self._hud_lines:
+            cv2.putText(out, text, (pad, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA)
+            y += line_h
+
+    def _note(self, text: str) -> None:
+        self._message = text
+        self._message_until = time.perf_counter() + 3.0
+        self._hud_t = 0.0
+
+    def _reject_note(self, msg: str, cmd: Command | None = None) -> None:
+        self._note(f"rejected: {msg}"[:80])
+        event = self.state(event="rejected")
+        event["reason"] = msg
+        if cmd is not None:
+            event["command"] = cmd.as_dict()
+            event["source"] = cmd.source
+        log.warning("rejected %s: %s", f"{cmd.name} command {dict(cmd.args)} from {cmd.source}" if cmd else
+                    "switch", msg)
+        self.bus.publish(event)
 
     # ---- commands ---------------------------------------------------------------------------
     def apply(self, cmd: Command) -> bool:
-        """Apply one command; a bad one is logged with its reason and ignored (never raises)."""
+        """Apply one command; a bad one is logged with its reason, published as a ``rejected`` event
+        and ignored (never raises). Applied commands publish an event named after the command."""
         try:
             self._apply(cmd)
         except (CommandError, ParamError, UserError) as exc:
-            msg = exc.render() if isinstance(exc, UserError) else str(exc)
-            log.warning("rejected %s command %s from %s: %s", cmd.name, dict(cmd.args), cmd.source, msg)
+            self._reject_note(exc.render() if isinstance(exc, UserError) else str(exc), cmd)
             return False
-        self.bus.publish(self.state(event=cmd.name))
+        event = self.state(event=cmd.name)
+        event["command"] = cmd.as_dict()
+        event["source"] = cmd.source
+        self.bus.publish(event)
         return True
 
     def _apply(self, cmd: Command) -> None:
@@ -278,17 +433,22 @@ class Engine:
             on = cmd.get("on")
             setattr(self, attr, (not getattr(self, attr)) if on is None else on)
             log.info("%s %s", n, "on" if getattr(self, attr) else "off")
+            self._note(f"{n} {'on' if getattr(self, attr) else 'off'}")
         elif n == "recalibrate":
             target = cmd.get("node")
             runs = [self._run(target)] if target else [r for r in self.graph.runs if "recalibrate" in r.spec.cls.commands]
+            if not runs:
+                raise CommandError(f"preset {self.preset.name!r} has no node that recalibrates")
             for run in runs:
                 if "recalibrate" not in run.spec.cls.commands:
                     raise CommandError(f"node {run.spec.id} has nothing to recalibrate")
                 run.node.command("recalibrate", {})
+            self._note("recalibrated")
         elif n == "bypass":
             run = self._run(cmd.get("node"))
             on = cmd.get("on")
             run.enabled = (not run.enabled) if on is None else not on
+            self._note(f"{run.spec.id} {'on' if run.enabled else 'bypassed'}")
         elif n in ("set_param", "nudge_param"):
             run = self._run(cmd.get("node"))
             pname = cmd.get("param")
@@ -300,7 +460,10 @@ class Engine:
             if not param.live:
                 raise CommandError(f"{run.spec.id}.{pname} cannot change while running; edit the preset and reload")
             if n == "set_param":
-                value = param.validate(cmd.get("value"))
+                try:
+                    value = param.validate(cmd.get("value"))
+                except ParamError as exc:
+                    raise CommandError(f"{run.spec.id}.{pname}: {exc}") from None
             else:
                 if param.type not in ("float", "int"):
                     raise CommandError(f"{run.spec.id}.{pname} is not a number; use set_param")
@@ -310,6 +473,8 @@ class Engine:
                 value = param.validate(min(max(value, lo), hi))
             run.node.set_param(pname, value)
             log.info("%s.%s = %r", run.spec.id, pname, value)
+            self._note(f"{run.spec.id}.{pname} = {value:.3g}" if isinstance(value, float) else
+                       f"{run.spec.id}.{pname} = {value!r}")
         elif n == "reload":
             self._reload()
         else:
@@ -334,17 +499,24 @@ class Engine:
         raise CommandError(f"no preset named {name!r}", hint="presets: " + ", ".join(p.name for p in self.presets))
 
     def request_switch(self, i: int) -> None:
+        """Switch now when preset ``i`` is prepared; else (live) on the first frame after it is, with
+        its preparation moved to the front of the queue."""
         if i in self._graph_errors:
             raise CommandError(f"preset {self.presets[i].name!r} failed to load: {self._graph_errors[i]}")
         if i in self.graphs:
             self._switch_now(i)
         elif self.live:
-            self._pending_switch = i  # switch on the first frame after it is prepared
-            if self._prep_thread is None or not self._prep_thread.is_alive():
-                self._prep_thread = threading.Thread(target=self._prepare_one, args=(i,), daemon=True)
-                self._prep_thread.start()
+            with self._prep_cond:
+                self._pending_switch = i
+                if i not in self._prep_todo:
+                    self._prep_todo.insert(0, i)
+                self._prep_cond.notify_all()
+            self._ensure_worker()
+            log.info("preset %r is still being prepared; switching as soon as it is ready", self.presets[i].name)
         else:
             self._prepare_one(i)
+            if i in self._graph_errors:
+                raise CommandError(f"preset {self.presets[i].name!r} failed to load: {self._graph_errors[i]}")
             self._switch_now(i)
 
     def _switch_now(self, i: int) -> None:
@@ -354,39 +526,106 @@ class Engine:
         self.graphs[i].reset()
         self.active = i
         log.info("preset: %s", self.presets[i].name)
+        self._note(f"preset {i + 1}: {self.presets[i].name}")
         self.bus.publish(self.state(event="preset"))
 
+    # reload: files are read and every preset is prepared off the processing thread (live), then the
+    # new set takes over between two frames; a broken file leaves the old set running.
     def _reload(self) -> None:
         if self.reload_fn is None:
             raise CommandError("these presets were not loaded from files; nothing to reload")
-        presets = self.reload_fn()  # raises PresetError -> rejected, old presets stay
+        if not self.live:
+            self._swap = self._load_new_set(lambda: None)
+            self._take_reload()
+            return
+        with self._prep_cond:
+            self._reload_wanted = True
+            self._prep_cond.notify_all()
+        self._ensure_worker()
+        self._note("reloading presets...")
+
+    def _load_new_set(self, pause: Callable[[], None]) -> tuple[list[Preset], dict[int, Graph], dict[int, str]]:
+        presets = self.reload_fn()  # raises PresetError -> rejected, the old set stays
         name = self.preset.name
+        first = next((i for i, p in enumerate(presets) if p.name == name), 0)
+        graphs: dict[int, Graph] = {}
+        errors: dict[int, str] = {}
+        try:
+            for i in [first] + [j for j in range(len(presets)) if j != first]:
+                if self._closed:
+                    break
+                try:
+                    graphs[i] = self._build(presets[i], pause)
+                except AvatarcastError as exc:
+                    if i == first:
+                        raise
+                    errors[i] = exc.render() if isinstance(exc, UserError) else str(exc)
+                    log.error("preset %r cannot be used: %s", presets[i].name, errors[i])
+        except BaseException:
+            for g in graphs.values():
+                g.close()
+            raise
+        return presets, graphs, errors
+
+    def _prepare_reload(self) -> None:
+        try:
+            new = self._load_new_set(self._pause)
+        except AvatarcastError as exc:
+            msg = exc.render() if isinstance(exc, UserError) else str(exc)
+            with self._lock:
+                self._reload_error = msg
+            return
         with self._lock:
-            old = self.graphs
-            self.presets = presets
-            self.graphs = {}
-            self._graph_errors = {}
-        self.active = next((i for i, p in enumerate(presets) if p.name == name), 0)
-        self.graphs[self.active] = self._build(self.active)
-        for i in range(len(presets)):
-            if i != self.active:
-                self._prepare_one(i)
-        for g in old.values():
-            g.close()
+            if self._closed:
+                for g in new[1].values():
+                    g.close()
+                return
+            self._swap = new
+
+    def _take_reload(self) -> None:
+        """On the processing thread: the reloaded set takes over (the old graphs close in the background)."""
+        with self._lock:
+            presets, graphs, errors = self._swap
+            self._swap = None
+            old = list(self.graphs.values())
+            name = self.preset.name
+            self.presets, self.graphs, self._graph_errors = presets, graphs, errors
+            self._prep_todo = []
+            self._pending_switch = None
+            self.active = next((i for i, p in enumerate(presets) if p.name == name and i in graphs), min(graphs))
+        threading.Thread(target=lambda: [g.close() for g in old], name="close-old", daemon=True).start()
+        log.info("reloaded %d presets from disk", len(presets))
+        self._note(f"reloaded {len(presets)} presets")
+        self.bus.publish(self.state(event="reloaded"))
 
     def state(self, event: str = "state") -> dict:
         return {"event": event, "preset": self.preset.name, "index": self.active + 1, "presets": len(self.presets),
-                "passthrough": self.passthrough, "frozen": self.frozen, "mirror": self.mirror,
-                "fps": round(self.stats.fps, 1)}
+                "passthrough": self.passthrough, "frozen": self.frozen, "mirror": self.mirror, "hud": self.hud,
+                "fps": round(self.stats.fps, 1), "prepared": len(self.graphs)}
 
     def close(self) -> None:
-        with self._lock:
+        with self._prep_cond:
             self._closed = True
-            graphs = list(self.graphs.values())
+            self._prep_cond.notify_all()
         if self._prep_thread is not None:
             self._prep_thread.join(timeout=30)
+        with self._lock:
+            graphs = list(self.graphs.values())
+            swap, self._swap = self._swap, None
+        if swap is not None:
+            graphs += list(swap[1].values())
         for g in graphs:
             g.close()
+
+
+def lower_thread_priority(niceness: int = 10) -> None:
+    """Make the calling thread yield the CPU to the live threads (Linux: per-thread nice; elsewhere a
+    no-op: the preparing thread then relies on its pauses between steps)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError as exc:
+            log.debug("cannot lower the preparing thread's priority: %s", exc)
 
 
 # ---- offline ------------------------------------------------------------------------------------
@@ -518,6 +757,7 @@ class LiveRunner:
             now = time.perf_counter()
             if t_next > now:
                 time.sleep(t_next - now)
+            t_tick = t_next if current is not None else None  # the wait for the very first frame is not late
             t_next = max(t_next + period, time.perf_counter() - period)  # never try to catch up a backlog
             item = self.out_tb.take(timeout=0 if current is not None else 0.5)
             if item is not None:
@@ -539,6 +779,11 @@ class LiveRunner:
                     return
                 self.stats.repeated_output += 1
             self.sink.write(current)
+            if t_tick is not None:
+                late = time.perf_counter() - t_tick
+                if late > period / 2:
+                    self.stats.late_output += 1
+                self.stats.tick_late_max_ms = max(self.stats.tick_late_max_ms, late * 1000.0)
             self.stats.frames_output += 1
             if self.on_frame is not None and item is not None:
                 self.on_frame(current, meta)
