@@ -67,9 +67,10 @@ class Command:
         return {"command": self.name, **dict(self.args)}
 
 
-def make_command(name: str, source: str = "api", **args: Any) -> Command:
-    """Build and validate a command (raises CommandError)."""
-    return parse_command({"command": name, **args}, source)
+def make_command(command: str, /, source: str = "api", **args: Any) -> Command:
+    """Build and validate a command (raises CommandError). ``command`` is positional-only, so that
+    ``make_command("switch_preset", name="Mona")`` passes ``name`` as the command's argument."""
+    return parse_command({"command": command, **args}, source)
 
 
 def parse_command(payload: Any, source: str = "api") -> Command:

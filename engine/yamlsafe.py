@@ -97,6 +97,8 @@ def _build(node: Any, depth: int = 0) -> Any:
             if k_node.tag == "tag:yaml.org,2002:merge":
                 raise _Refused("merge keys (<<) are not allowed in presets", k_node.start_mark.line + 1)
             key = _build(k_node, depth + 1)
+            if isinstance(key, bool) and isinstance(k_node, ScalarNode) and k_node.style is None:
+                key = k_node.value  # YAML 1.1 reads a plain `on:`/`yes:` key as true: keys are names, keep the text
             if not isinstance(key, str):
                 raise _Refused(f"keys must be text, got {key!r}", k_node.start_mark.line + 1)
             if key in out:
