@@ -5,7 +5,7 @@ Bindings come from three places, weakest first: the defaults below, the user's c
 or preset binding replaces a default on the same keys; two explicit bindings on the same keys that do
 different things are an error at start that lists both.
 
-The listener is pynput's ``GlobalHotKeys`` (X11 on Linux, Win32 hooks on Windows, Quartz event taps on
+The listener is a pynput keyboard ``Listener`` matching exact key sets (X11 on Linux, Win32 hooks on Windows, Quartz event taps on
 macOS). Its callbacks run on pynput's thread and only put a ``Command`` on the bus; the runtime applies
 it between frames. pynput is imported only when the listener starts: its X11 backend needs a display
 at import time, and the engine must run (without hotkeys) when there is none.
@@ -78,6 +78,9 @@ def parse_hotkey(text: Any) -> str:
         raise ValueError(f"hotkey {text!r}: unknown key {key!r} (a letter, a digit, one of "
                          f"{''.join(sorted(_CHARS - set('abcdefghijklmnopqrstuvwxyz0123456789')))}, "
                          f"or {', '.join(sorted(NAMED_KEYS, key=_named_order))})")
+    if "shift" in mods and len(key) == 1 and not key.isalpha():
+        raise ValueError(f"hotkey {text!r}: shift turns digits and punctuation into other characters on most "
+                         "keyboard layouts; use shift with a letter or a named key (f1, up, ...)")
     if len(key) == 1 and not mods & {"ctrl", "alt", "cmd"}:
         raise ValueError(f"hotkey {text!r}: a global hotkey on a typing key fires while you type in any "
                          "app; add ctrl, alt or cmd")
@@ -303,7 +306,7 @@ def availability() -> tuple[bool, str]:
 
 
 class HotkeyListener:
-    """Runs pynput's GlobalHotKeys for a list of bindings; each press sends one command on ``bus``."""
+    """Listens to global keys (pynput) for a list of bindings; each press sends one command on ``bus``."""
 
     def __init__(self, bindings: list[Binding], bus: CommandBus):
         self.bindings = list(bindings)
@@ -320,11 +323,9 @@ class HotkeyListener:
             return False
         if why:
             log.warning("%s", why)
-        from pynput import keyboard
-
         mapping = {to_pynput(b.keys): self._callback(b) for b in self.bindings}
         try:
-            listener = keyboard.GlobalHotKeys(mapping)
+            listener = _exact_hotkeys_class()(mapping)
             listener.start()
             listener.wait()
         except Exception as exc:
@@ -365,6 +366,36 @@ class HotkeyListener:
             except Exception as exc:
                 log.debug("could not wake the X11 listener: %s", exc)
         listener.join(timeout)
+
+
+def _exact_hotkeys_class():
+    """pynput's GlobalHotKeys fires a combination whenever its keys are down, also with more keys down:
+    ctrl+alt+shift+r would fire ctrl+alt+r too. This listener fires a binding only when exactly its keys
+    are down (once per press; key repeat does not fire again), ignoring injected events."""
+    from pynput import keyboard
+
+    class ExactHotKeys(keyboard.Listener):
+        def __init__(self, hotkeys: dict[str, Any]):
+            self._combos = {frozenset(keyboard.HotKey.parse(k)): fn for k, fn in hotkeys.items()}
+            self._down: set = set()
+            super().__init__(on_press=self._on_press, on_release=self._on_release)
+
+        def _on_press(self, key, injected) -> None:
+            if injected or key is None:
+                return
+            k = self.canonical(key)
+            if k in self._down:
+                return
+            self._down.add(k)
+            fn = self._combos.get(frozenset(self._down))
+            if fn is not None:
+                fn()
+
+        def _on_release(self, key, injected) -> None:
+            if not injected and key is not None:
+                self._down.discard(self.canonical(key))
+
+    return ExactHotKeys
 
 
 # ---- CLI ------------------------------------------------------------------------------------------

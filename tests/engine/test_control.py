@@ -296,6 +296,7 @@ def test_parse_hotkey(text, want):
 @pytest.mark.parametrize("text, words", [("ctrl+alt", "exactly one key"), ("ctrl+alt+1+2", "exactly one key"),
                                          ("ctrl++1", "empty part"), ("shift+a", "fires while you type"),
                                          ("ctrl+alt+bogus", "unknown key 'bogus'"), ("ctrl+ctrl+1", "given twice"),
+                                         ("ctrl+alt+shift+1", "shift turns digits"),
                                          (5, r"text like ctrl\+alt\+1")])
 def test_parse_hotkey_rejects(text, words):
     with pytest.raises(ValueError, match=words):
