@@ -7,8 +7,6 @@ The Xvfb is started here on a free display (``-displayfd``) and DISPLAY is set b
 from __future__ import annotations
 
 import os
-import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from x_display import key, missing_tools, start_xvfb, stop_xvfb  # beside this file
 
 from engine.control import make_command
 from engine.preset import load_preset
@@ -36,34 +35,9 @@ HUES = (0.0, 120.0, -120.0, 60.0, -60.0, 180.0, 30.0, -30.0, 90.0)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_xvfb() -> tuple[subprocess.Popen, str]:
-    """Xvfb on the first free display (it writes the number to our pipe when ready)."""
-    r, w = os.pipe()
-    proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "640x480x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    buf = b""
-    try:
-        while not buf.endswith(b"\n"):
-            ready, _, _ = select.select([r], [], [], 10)
-            if not ready:
-                raise RuntimeError("Xvfb did not report a display within 10 s")
-            chunk = os.read(r, 16)
-            if not chunk:
-                raise RuntimeError(f"Xvfb exited (code {proc.poll()}) before reporting a display")
-            buf += chunk
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    finally:
-        os.close(r)
-    return proc, f":{buf.decode().strip()}"
-
-
 @pytest.fixture(scope="module")
 def xdisplay():
-    missing = [t for t in ("Xvfb", "xdotool") if shutil.which(t) is None]
+    missing = missing_tools()
     if missing:
         pytest.skip(f"{' and '.join(missing)} not installed (apt-get install xvfb xdotool): no X server to send real "
                     "key events to")
@@ -77,17 +51,7 @@ def xdisplay():
             os.environ.pop("DISPLAY", None)
         else:
             os.environ["DISPLAY"] = old
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def key(display: str, keys: str) -> None:
-    subprocess.run(["xdotool", "key", "--delay", "0", keys], check=True, env={**os.environ, "DISPLAY": display},
-                   timeout=10)
+        stop_xvfb(proc)
 
 
 def write_presets(folder: Path, hues=HUES, extra: dict[int, str] | None = None) -> list[Path]:
