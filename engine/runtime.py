@@ -11,7 +11,6 @@ thread paces at the target fps and repeats the newest frame when processing is s
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -33,6 +32,8 @@ from .sinks import Sink
 from .sources import Source, VideoSource
 
 log = logging.getLogger("avatarcast.runtime")
+PREPARE_SWITCH_INTERVAL = 0.0005  # s: the GIL switch interval while a preset is prepared in the background
+PREPARE_STEP_WAIT = 0.1  # s: the longest a preparation step waits for a frame to finish (no frames: goes on)
 
 
 class TripleBuffer:
@@ -116,8 +117,9 @@ class Engine:
     """Processes one frame at a time with the active preset; applies commands between frames.
 
     presets: the active set (switchable by index/name/next/prev). All are built, opened and warmed up
-    front (``prepare='all'``) or the first up front and the rest by one low-priority background thread
-    (``'background'``), one preset at a time, so that a switch shows the new preset on the next frame.
+    front (``prepare='all'``) or the first up front and the rest by one background thread
+    (``'background'``), one preset at a time, each step in the idle time right after a processed frame,
+    so that a switch shows the new preset on the next frame and no live frame waits for preparation.
 
     Preparing a preset: decode its avatar images into ``BuildContext.shared["avatar_images"]`` (a list
     of ``(H, W, 3) uint8`` BGR arrays, for nodes that precompute avatar data in ``open()``, cached on
@@ -166,6 +168,7 @@ class Engine:
         self._reload_wanted = False
         self._swap: tuple[list[Preset], dict[int, Graph], dict[int, str]] | None = None
         self._reload_error: str | None = None
+        self._frame_done = threading.Event()  # set after every processed frame (paces the preparing thread)
         self._closed = False
         self._message = ""  # the HUD's last event line (switch, rejected command), shown for a few s
         self._message_until = 0.0
@@ -256,13 +259,14 @@ class Engine:
             self._prep_thread = threading.Thread(target=self._worker, name="prepare", daemon=True)
             self._prep_thread.start()
 
-    @staticmethod
-    def _pause() -> None:
-        """Between preparation steps: give the processing and output threads the CPU and the GIL."""
-        time.sleep(0.002)
+    def _pause(self) -> None:
+        """Between preparation steps: wait until the processing thread has finished a frame, so the next
+        step runs in the idle time before the next camera frame instead of competing with it."""
+        self._frame_done.clear()
+        self._frame_done.wait(PREPARE_STEP_WAIT)
 
     def _worker(self) -> None:
-        lower_thread_priority()
+        calm_preparing_thread()
         while True:
             with self._prep_cond:
                 while not (self._closed or self._reload_wanted or self._prep_todo):
@@ -278,6 +282,10 @@ class Engine:
                     self._prep_todo.remove(i)
                     if i in self.graphs or i in self._graph_errors:
                         continue
+            # While this thread runs Python code, a live thread that wants the GIL back waits up to the
+            # switch interval (5 ms by default) each time: shorten it while preparing.
+            interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(interval, PREPARE_SWITCH_INTERVAL))
             try:
                 if reload:
                     self._prepare_reload()
@@ -288,6 +296,8 @@ class Engine:
                 if i is not None:
                     with self._lock:
                         self._graph_errors.setdefault(i, "preparation failed (see the log)")
+            finally:
+                sys.setswitchinterval(interval)
 
     def wait_prepared(self, timeout: float | None = None) -> bool:
         """Wait until every preset is prepared (or failed) and no reload is under way. True if so."""
@@ -354,6 +364,7 @@ class Engine:
                 self.stats.fps = inst if self.stats.fps == 0 else self.stats.fps + 0.1 * (inst - self.stats.fps)
         self._fps_t = now
         self.stats.frames_processed += 1
+        self._frame_done.set()
         return self.active
 
     def _draw_hud(self, out: np.ndarray) -> None:
@@ -618,14 +629,17 @@ class Engine:
             g.close()
 
 
-def lower_thread_priority(niceness: int = 10) -> None:
-    """Make the calling thread yield the CPU to the live threads (Linux: per-thread nice; elsewhere a
-    no-op: the preparing thread then relies on its pauses between steps)."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-        except OSError as exc:
-            log.debug("cannot lower the preparing thread's priority: %s", exc)
+def calm_preparing_thread() -> None:
+    """Make the calling (preparing) thread take as few cores as it can from the live threads: the numba
+    kernels it calls (a warm-up frame) run on one core; numba's thread count is per calling thread.
+    (Not a lower OS priority: a low-priority thread descheduled while holding the GIL stalls the live
+    threads until the OS runs it again; measured in benchmarks/hotkey_switch.py.)"""
+    try:
+        import numba
+
+        numba.set_num_threads(1)
+    except Exception as exc:  # no numba threading layer: kernels run serially anyway
+        log.debug("cannot limit the preparing thread's numba threads: %s", exc)
 
 
 # ---- offline ------------------------------------------------------------------------------------
