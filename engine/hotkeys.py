@@ -421,9 +421,8 @@ def _run_hook(engine, args) -> None:
     listener = HotkeyListener(bindings, engine.bus)
     started = listener.start()
     state = "active" if started else "NOT active (see the message above)"
-    print(f"global hotkeys ({state}; config: {config.file or config_path()}"
-          f"{'' if config.file else ', not present: defaults'}):\n{format_table(bindings, engine.presets)}",
-          file=out, flush=True)
+    source = f"config {config.file}" if config.file else f"defaults; no config at {config_path()}"
+    print(f"global hotkeys: {state}; {source}\n{format_table(bindings, engine.presets)}", file=out, flush=True)
     if started:
         _LISTENERS[id(engine)] = listener
 

@@ -375,7 +375,7 @@ class Engine:
             self._hud_t = now
             s = self.stats
             lines = [f"{self.active + 1}/{len(self.presets)} {self.preset.name}",
-                     f"{s.fps:4.1f} fps  {s.latency_ms:3.0f} ms  drop {s.dropped_capture + s.dropped_processed}"]
+                     f"{s.fps:4.1f} fps  latency {s.latency_ms:3.0f} ms  dropped {s.dropped_capture + s.dropped_processed}"]
             modes = [m for m, on in (("PASSTHROUGH", self.passthrough), ("FROZEN", self.frozen),
                                      ("MIRROR", self.mirror)) if on]
             if modes:

@@ -349,7 +349,7 @@ def test_avatarcast_run_prints_bindings_and_obeys_hotkeys(xdisplay, tmp_path):
             assert line, f"no bindings printed; stderr: {proc.stderr.read()}"
             lines.append(line)
         text = "".join(lines)
-        assert "global hotkeys (active" in text
+        assert "global hotkeys: active; defaults; no config at" in text
         assert "ctrl+alt+1        switch to preset 1: p1" in text
         assert "switch to preset 2: p2   [preset 'p2'" in text
         time.sleep(1.0)
