@@ -246,9 +246,9 @@ def print_rounds(title: str, r: dict) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
-    ap.add_argument("--switches", type=int, default=50)
+    ap.add_argument("--switches", type=int, default=50, help="presses in part 1 (0: skip part 1)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each part-2 phase")
-    ap.add_argument("--rounds", type=int, default=4, help="idle/preparing phase pairs in part 2")
+    ap.add_argument("--rounds", type=int, default=4, help="idle/preparing phase pairs in part 2 (0: skip part 2)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     missing = missing_tools()
@@ -276,25 +276,27 @@ def main() -> int:
                       f"target < 66.7 ms: {'met' if sw['met'] else 'NOT met'}")
                 print(f"   of which key -> command on the bus {sw['key_to_command_median_ms']:.1f} ms (xdotool + X + "
                       f"pynput), command -> frame out {sw['command_to_frame_median_ms']:.1f} ms (median)")
-            print(f"\n2. background preparation vs none, {args.rounds} x ({args.seconds:g} s idle, {args.seconds:g} s "
-                  f"preparing); late = sent more than {PERIOD_MS / 2:.1f} ms after its tick:")
-            result["prepare"] = rounds(rig, args.rounds, args.seconds)
-            print_rounds("as shipped (steps after frames, 1 numba thread, 0.5 ms GIL switch interval)", result["prepare"])
+            if args.rounds:
+                print(f"\n2. background preparation vs none, {args.rounds} x ({args.seconds:g} s idle, "
+                      f"{args.seconds:g} s preparing); late = sent more than {PERIOD_MS / 2:.1f} ms after its tick:")
+                result["prepare"] = rounds(rig, args.rounds, args.seconds)
+                print_rounds("as shipped (steps after frames, 1 numba thread, 0.5 ms GIL switch interval)",
+                             result["prepare"])
         finally:
             rig.stop()
-        # for comparison: the preparing thread without its mitigations
-        from engine import runtime
+        if args.rounds:  # for comparison: the preparing thread without its mitigations
+            from engine import runtime
 
-        runtime.calm_preparing_thread = lambda: None
-        runtime.Engine._pause = lambda self: None
-        runtime.PREPARE_SWITCH_INTERVAL = sys.getswitchinterval()
-        rig = Rig(write_presets(tmp, avatar_images(tmp)))
-        try:
-            result["prepare_unmitigated"] = rounds(rig, args.rounds, args.seconds)
-            print_rounds("without mitigations (steps back to back, all numba threads, 5 ms interval)",
-                         result["prepare_unmitigated"])
-        finally:
-            rig.stop()
+            runtime.calm_preparing_thread = lambda: None
+            runtime.Engine._pause = lambda self: None
+            runtime.PREPARE_SWITCH_INTERVAL = sys.getswitchinterval()
+            rig = Rig(write_presets(tmp, avatar_images(tmp)))
+            try:
+                result["prepare_unmitigated"] = rounds(rig, args.rounds, args.seconds)
+                print_rounds("without mitigations (steps back to back, all numba threads, 5 ms interval)",
+                             result["prepare_unmitigated"])
+            finally:
+                rig.stop()
     finally:
         stop_xvfb(xvfb)
     if args.json:

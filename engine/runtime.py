@@ -77,6 +77,12 @@ class TripleBuffer:
             self._fresh = False
             return self.bufs[self._front], self.meta[self._front]
 
+    def wait_fresh(self, pred: Callable[[Any], bool], timeout: float) -> bool:
+        """Wait up to ``timeout`` for an untaken frame whose meta satisfies ``pred``; True if one is there."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or (self._fresh and pred(self.meta[self._mid])), timeout)
+            return self._fresh and pred(self.meta[self._mid])
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -89,6 +95,7 @@ class FrameMeta:
     t_capture: float  # perf_counter when the frame was captured
     preset: int = -1  # index of the preset that processed it
     preset_name: str = ""
+    look: int = 0  # Engine.look when it was processed: changes with every applied command and switch
 
 
 @dataclass
@@ -157,6 +164,7 @@ class Engine:
         self.mirror = False
         self.hud = False
         self.stats = Stats()
+        self.look = 0  # counts applied commands and switches: a frame with a new look goes out at once
         self.prepare_ms: dict[str, float] = {}  # preset name -> wall time its preparation took
         self._fps_t = 0.0
         self._out_size_req = out_size
@@ -425,6 +433,7 @@ class Engine:
         except (CommandError, ParamError, UserError) as exc:
             self._reject_note(exc.render() if isinstance(exc, UserError) else str(exc), cmd)
             return False
+        self.look += 1
         event = self.state(event=cmd.name)
         event["command"] = cmd.as_dict()
         event["source"] = cmd.source
@@ -536,6 +545,7 @@ class Engine:
             return
         self.graphs[i].reset()
         self.active = i
+        self.look += 1
         log.info("preset: %s", self.presets[i].name)
         self._note(f"preset {i + 1}: {self.presets[i].name}")
         self.bus.publish(self.state(event="preset"))
@@ -604,6 +614,7 @@ class Engine:
             self._prep_todo = []
             self._pending_switch = None
             self.active = next((i for i, p in enumerate(presets) if p.name == name and i in graphs), min(graphs))
+            self.look += 1
         threading.Thread(target=lambda: [g.close() for g in old], name="close-old", daemon=True).start()
         log.info("reloaded %d presets from disk", len(presets))
         self._note(f"reloaded {len(presets)} presets")
@@ -692,7 +703,7 @@ class LiveRunner:
 
     def __init__(self, source: Source, engine: Engine, sink: Sink, *, fps: float | None = None,
                  max_frames: int | None = None, duration: float | None = None, status_every: float = 5.0,
-                 on_frame: Callable[[np.ndarray, FrameMeta], None] | None = None):
+                 on_frame: Callable[[np.ndarray, FrameMeta], None] | None = None, instant_switch: bool = True):
         self.source = source
         self.engine = engine
         self.sink = sink
@@ -701,6 +712,10 @@ class LiveRunner:
         self.duration = duration
         self.status_every = status_every
         self.on_frame = on_frame  # called on the output thread with each sent frame (tests, OBS status)
+        # the first frame after a command or a preset switch goes out as soon as it is processed, between
+        # two ticks, instead of waiting up to a frame interval for the next tick (the tick then sends
+        # nothing more: the frame count stays that of the camera)
+        self.instant_switch = instant_switch
         w, h = source.size
         ow, oh = engine.out_size
         self.cap_tb = TripleBuffer((h, w, 3))
@@ -753,6 +768,7 @@ class LiveRunner:
                 p = self.engine.process(frame, self.out_tb.back())
                 meta.preset = p
                 meta.preset_name = self.engine.presets[p].name
+                meta.look = self.engine.look
                 self.out_tb.publish(meta)
                 self.stats.dropped_capture = self.cap_tb.dropped
         except BaseException as exc:  # a bug outside the nodes (nodes are bypassed inside the graph)
@@ -767,12 +783,22 @@ class LiveRunner:
         t_end = t_next + self.duration if self.duration else None
         current: np.ndarray | None = None
         last_index = -1
+        shown = -1  # the look (Engine.look) of the frame on screen
+        ahead = False  # a switch frame went out before this tick: the tick has nothing more to send
         while not self._stop.is_set():
             now = time.perf_counter()
+            early = False
             if t_next > now:
-                time.sleep(t_next - now)
-            t_tick = t_next if current is not None else None  # the wait for the very first frame is not late
-            t_next = max(t_next + period, time.perf_counter() - period)  # never try to catch up a backlog
+                if self.instant_switch and current is not None and not ahead:
+                    early = self.out_tb.wait_fresh(lambda m, on=shown: m.look != on, t_next - now)
+                else:
+                    time.sleep(t_next - now)
+            if early:
+                t_tick = None  # between ticks: never late; the schedule stays
+                ahead = True
+            else:
+                t_tick = t_next if current is not None else None  # the wait for the very first frame is not late
+                t_next = max(t_next + period, time.perf_counter() - period)  # never try to catch up a backlog
             item = self.out_tb.take(timeout=0 if current is not None else 0.5)
             if item is not None:
                 current, meta = item
@@ -791,7 +817,14 @@ class LiveRunner:
             else:
                 if self._source_ended.is_set() and self.out_tb._closed:
                     return
+                if ahead:  # this tick's frame went out early
+                    ahead = False
+                    continue
                 self.stats.repeated_output += 1
+            if item is not None:
+                shown = meta.look
+                if not early:
+                    ahead = False
             self.sink.write(current)
             if t_tick is not None:
                 late = time.perf_counter() - t_tick

@@ -420,3 +420,30 @@ def test_cli_hotkeys_lists_bindings_and_reports_config_errors(tmp_path, monkeypa
 
     data = json.loads(capsys.readouterr().out)
     assert data["enabled"] is False and "ctrl+alt+f" not in {b["keys"] for b in data["bindings"]}
+
+
+def test_triple_buffer_wait_fresh_wakes_for_a_matching_frame_only():
+    from engine.runtime import FrameMeta, TripleBuffer
+
+    tb = TripleBuffer((2, 2, 3))
+    assert tb.wait_fresh(lambda m: True, 0.01) is False  # nothing published
+    tb.publish(FrameMeta(0, 0.0, look=3))
+    assert tb.wait_fresh(lambda m: m.look != 3, 0.01) is False
+    threading.Timer(0.05, lambda: tb.publish(FrameMeta(1, 0.0, look=4))).start()
+    t0 = time.perf_counter()
+    assert tb.wait_fresh(lambda m: m.look != 3, 5.0) is True
+    assert time.perf_counter() - t0 < 4.0  # woken by the publish, not the timeout
+    assert tb.take(0)[1].index == 1
+
+
+def test_every_applied_command_and_switch_changes_the_look(engine):
+    looks = [engine.look]
+    for cmd in (make_command("hud"), make_command("switch_preset", index=2),
+                make_command("set_param", node="color", param="gamma", value=0.3)):
+        engine.bus.send(cmd)
+        step(engine)
+        looks.append(engine.look)
+    assert looks == sorted(set(looks))  # strictly increasing
+    engine.bus.send(make_command("set_param", node="color", param="gamma", value=99))  # rejected
+    step(engine)
+    assert engine.look == looks[-1]
