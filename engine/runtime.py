@@ -11,10 +11,12 @@ thread paces at the target fps and repeats the newest frame when processing is s
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,34 @@ from .sources import Source, VideoSource
 log = logging.getLogger("avatarcast.runtime")
 PREPARE_SWITCH_INTERVAL = 0.0005  # s: the GIL switch interval while a preset is prepared in the background
 PREPARE_STEP_WAIT = 0.1  # s: the longest a preparation step waits for a frame to finish (no frames: goes on)
+
+
+def _no_pause() -> None:
+    pass
+
+
+_DECODER: ThreadPoolExecutor | None = None
+
+
+def decode_image(path, low_priority: bool = False) -> np.ndarray | None:
+    """``cv2.imread`` (BGR), or None when the file cannot be decoded. ``low_priority``: decode on a
+    helper thread with a lower OS priority (Linux nice 10), so that decoding avatars in the background
+    leaves the cores to the live threads. Safe because the decoder holds no GIL while it decodes: a
+    low-priority thread must never hold the GIL (a live thread would wait until the OS runs it again)."""
+    global _DECODER
+    if not low_priority:
+        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if _DECODER is None:
+        _DECODER = ThreadPoolExecutor(1, thread_name_prefix="decode", initializer=_lower_priority)
+    return _DECODER.submit(cv2.imread, str(path), cv2.IMREAD_COLOR).result()
+
+
+def _lower_priority(niceness: int = 10) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+        except OSError as exc:
+            log.debug("cannot lower the decoding thread's priority: %s", exc)
 
 
 class TripleBuffer:
@@ -188,14 +218,15 @@ class Engine:
         w, h = self.source_size
         return BuildContext(source_size=(h, w), fps=self.fps, device=self.device, live=self.live)
 
-    def _build(self, preset: Preset, pause: Callable[[], None] = lambda: None) -> Graph:
+    def _build(self, preset: Preset, background: bool = False) -> Graph:
         """Decode the avatar, build, open and warm up one preset's graph (raises AvatarcastError).
-        ``pause`` runs between steps (the preparing thread yields there)."""
+        ``background``: on the preparing thread, which pauses between steps and decodes at low priority."""
+        pause = self._pause if background else _no_pause
         t0 = time.perf_counter()
         ctx = self._context()
         images = []
         for path in preset.avatar.images:
-            img = cv2.imread(str(path), cv2.IMREAD_COLOR)  # releases the GIL while decoding
+            img = decode_image(path, low_priority=background)
             if img is None:
                 raise UserError("cannot decode the avatar image (corrupt?)", Where(path))
             images.append(img)
@@ -243,11 +274,11 @@ class Engine:
                 self._prep_todo = others
             self._ensure_worker()
 
-    def _prepare_one(self, i: int, pause: Callable[[], None] = lambda: None) -> None:
+    def _prepare_one(self, i: int, background: bool = False) -> None:
         """Prepare preset ``i`` of the current set into ``graphs`` (errors are remembered, not raised)."""
         preset = self.presets[i]
         try:
-            g = self._build(preset, pause)
+            g = self._build(preset, background)
         except AvatarcastError as exc:
             msg = exc.render() if isinstance(exc, UserError) else str(exc)
             with self._lock:
@@ -298,7 +329,7 @@ class Engine:
                 if reload:
                     self._prepare_reload()
                 else:
-                    self._prepare_one(i, self._pause)
+                    self._prepare_one(i, background=True)
             except Exception:  # a bug in a node's open(): logged, the live stream goes on
                 log.exception("preparing in the background failed")
                 if i is not None:
@@ -556,7 +587,7 @@ class Engine:
         if self.reload_fn is None:
             raise CommandError("these presets were not loaded from files; nothing to reload")
         if not self.live:
-            self._swap = self._load_new_set(lambda: None)
+            self._swap = self._load_new_set(background=False)
             self._take_reload()
             return
         with self._prep_cond:
@@ -565,7 +596,7 @@ class Engine:
         self._ensure_worker()
         self._note("reloading presets...")
 
-    def _load_new_set(self, pause: Callable[[], None]) -> tuple[list[Preset], dict[int, Graph], dict[int, str]]:
+    def _load_new_set(self, background: bool) -> tuple[list[Preset], dict[int, Graph], dict[int, str]]:
         presets = self.reload_fn()  # raises PresetError -> rejected, the old set stays
         name = self.preset.name
         first = next((i for i, p in enumerate(presets) if p.name == name), 0)
@@ -576,7 +607,7 @@ class Engine:
                 if self._closed:
                     break
                 try:
-                    graphs[i] = self._build(presets[i], pause)
+                    graphs[i] = self._build(presets[i], background)
                 except AvatarcastError as exc:
                     if i == first:
                         raise
@@ -590,7 +621,7 @@ class Engine:
 
     def _prepare_reload(self) -> None:
         try:
-            new = self._load_new_set(self._pause)
+            new = self._load_new_set(background=True)
         except AvatarcastError as exc:
             msg = exc.render() if isinstance(exc, UserError) else str(exc)
             with self._lock:
