@@ -181,14 +181,16 @@ def part_switch(rig: Rig, display: str, n: int = 50) -> dict:
 
 
 def phase(rig: Rig, seconds: float, preparing: bool) -> dict:
-    """Run for ``seconds``, reloading (= preparing all 9 presets again, in the background) back to back
+    """Run for ``seconds`` (or until the reload under way is done), reloading (= preparing all 9 presets again, in the background) back to back
     when ``preparing``. Counts from the runner's stats over the phase."""
     st = rig.runner.stats
     st.tick_late_max_ms = 0.0
-    s0 = (st.late_output, rig.runner.cap_tb.dropped, rig.runner.out_tb.dropped, st.frames_output)
+    s0 = (st.late_output, rig.runner.cap_tb.dropped, rig.runner.out_tb.dropped, st.frames_output, st.instant_output,
+          st.repeated_output)
     n_frames0 = len(rig.frames)
     prepared = 0
-    t_end = time.perf_counter() + seconds
+    t0 = time.perf_counter()
+    t_end = t0 + seconds
     while time.perf_counter() < t_end:
         if not preparing:
             time.sleep(0.05)
@@ -200,8 +202,9 @@ def phase(rig: Rig, seconds: float, preparing: bool) -> dict:
                               60)
         prepared += len(rig.engine.presets)
     lat = [(t - tc) * 1000 for t, _, _, tc in rig.frames[n_frames0:]]
-    return {"presets_prepared": prepared, "output_frames": st.frames_output - s0[3], "late_output": st.late_output - s0[0],
-            "tick_late_max_ms": st.tick_late_max_ms, "dropped_capture": rig.runner.cap_tb.dropped - s0[1],
+    return {"seconds": time.perf_counter() - t0, "presets_prepared": prepared, "output_frames": st.frames_output - s0[3], "late_output": st.late_output - s0[0],
+            "tick_late_max_ms": st.tick_late_max_ms, "instant_output": st.instant_output - s0[4],
+            "repeated_output": st.repeated_output - s0[5], "dropped_capture": rig.runner.cap_tb.dropped - s0[1],
             "dropped_processed": rig.runner.out_tb.dropped - s0[2], "latency_ms": lat,
             "load_avg_1min": os.getloadavg()[0]}
 
@@ -213,11 +216,14 @@ def rounds(rig: Rig, n: int, seconds: float) -> dict:
     for _ in range(n):
         for name, preparing in (("idle", False), ("preparing", True)):
             p = phase(rig, seconds, preparing)
-            acc = out.setdefault(name, {"seconds": 0.0, "presets_prepared": 0, "output_frames": 0, "late_output": 0,
+            acc = out.setdefault(name, {"seconds": 0.0, "presets_prepared": 0, "output_frames": 0, "instant_output": 0,
+                                        "repeated_output": 0, "late_output": 0,
                                         "tick_late_max_ms": 0.0, "dropped": 0, "latency_ms": [], "load": []})
-            acc["seconds"] += seconds
+            acc["seconds"] += p["seconds"]  # a reload under way finishes: a preparing phase may run longer
             acc["presets_prepared"] += p["presets_prepared"]
             acc["output_frames"] += p["output_frames"]
+            acc["instant_output"] += p["instant_output"]
+            acc["repeated_output"] += p["repeated_output"]
             acc["late_output"] += p["late_output"]
             acc["tick_late_max_ms"] = max(acc["tick_late_max_ms"], p["tick_late_max_ms"])
             acc["dropped"] += p["dropped_capture"] + p["dropped_processed"]
@@ -234,11 +240,12 @@ def rounds(rig: Rig, n: int, seconds: float) -> dict:
 
 def print_rounds(title: str, r: dict) -> None:
     print(f"   {title}: one preset prepared in {r['prepare_ms_median']:.0f} ms (median)")
-    print(f"     {'phase':<11}{'s':>4}{'presets':>9}{'frames':>8}{'late':>6}{'latest ms':>11}{'dropped':>9}"
+    print(f"     {'phase':<11}{'s':>4}{'presets':>9}{'frames':>8}{'instant':>8}{'repeats':>8}{'late':>6}{'latest ms':>11}{'dropped':>9}"
           f"{'lat med':>9}{'lat p99':>9}{'load':>6}")
     for name in ("idle", "preparing"):
         p = r[name]
-        print(f"     {name:<11}{p['seconds']:>4.0f}{p['presets_prepared']:>9}{p['output_frames']:>8}{p['late_output']:>6}"
+        print(f"     {name:<11}{p['seconds']:>4.0f}{p['presets_prepared']:>9}{p['output_frames']:>8}"
+              f"{p['instant_output']:>8}{p['repeated_output']:>8}{p['late_output']:>6}"
               f"{p['tick_late_max_ms']:>11.1f}{p['dropped']:>9}{p['latency_median_ms']:>9.1f}{p['latency_p99_ms']:>9.1f}"
               f"{p['load_avg_1min']:>6.1f}")
 

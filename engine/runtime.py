@@ -141,6 +141,7 @@ class Stats:
     latency_max_ms: float = 0.0
     camera_losses: int = 0
     late_output: int = 0  # output frames sent more than half a frame interval after their tick
+    instant_output: int = 0  # frames sent between ticks: the first frame after a command or a switch
     tick_late_max_ms: float = 0.0  # the latest an output frame was sent after its tick
     node_ms: dict[str, float] = field(default_factory=dict)
 
@@ -827,6 +828,7 @@ class LiveRunner:
             if early:
                 t_tick = None  # between ticks: never late; the schedule stays
                 ahead = True
+                self.stats.instant_output += 1
             else:
                 t_tick = t_next if current is not None else None  # the wait for the very first frame is not late
                 t_next = max(t_next + period, time.perf_counter() - period)  # never try to catch up a backlog
