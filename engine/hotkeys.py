@@ -23,6 +23,8 @@ from typing import Any
 
 from .control import Command, CommandBus, parse_command
 from .errors import CommandError, PresetError, UserError, Where, show_value
+from .library import user_config_dir
+from .params import ParamError
 from .preset import Preset
 from .yamlsafe import line_of, load_file
 
@@ -147,13 +149,7 @@ class HotkeyConfig:
 
 
 def config_path() -> Path:
-    return _user_config_dir() / CONFIG_NAME
-
-
-def _user_config_dir() -> Path:
-    from .library import user_config_dir
-
-    return user_config_dir()
+    return user_config_dir() / CONFIG_NAME
 
 
 CONFIG_EXAMPLE = """\
@@ -180,7 +176,7 @@ def load_config(path: Path | None = None) -> HotkeyConfig:
         return HotkeyConfig(file=path)
     problems: list[UserError] = []
     if not isinstance(data, dict):
-        raise UserError(f"the hotkey config must be a mapping with `bindings:`, got {data!r:.60}", Where(path, 1),
+        raise UserError(f"the hotkey config must be a mapping with `bindings:`, got {show_value(data)}", Where(path, 1),
                         "example:\n" + CONFIG_EXAMPLE.format(path=path))
     for key in data:
         if key not in ("enabled", "bindings"):
@@ -197,7 +193,7 @@ def load_config(path: Path | None = None) -> HotkeyConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        problems.append(UserError(f"`bindings` must map hotkeys to commands, got {raw!r:.60}",
+        problems.append(UserError(f"`bindings` must map hotkeys to commands, got {show_value(raw)}",
                                   Where(path, line_of(data, "bindings"), "bindings")))
         raw = {}
     for keys_text, value in raw.items():
@@ -268,6 +264,39 @@ def resolve(presets: list[Preset], config: HotkeyConfig | None = None) -> list[B
         raise UserError("conflicting hotkeys:\n  " + "\n  ".join(conflicts),
                         hint="give one of each pair other keys (or `null` in the hotkey config to free keys)")
     return sorted(active.values(), key=lambda b: _sort_key(b.keys))
+
+
+def node_binding_warnings(bindings: list[Binding], presets: list[Preset]) -> list[str]:
+    """Bindings aimed at a node that no preset of the set has, or with a value no preset accepts. Not
+    errors (the set may be reloaded or switched later; the runtime rejects such a press with its
+    reason), but worth saying at start."""
+    out = []
+    for b in bindings:
+        node_id = b.command.get("node")
+        if node_id is None or not presets:
+            continue
+        specs = [spec for p in presets for spec in p.nodes if spec.id == node_id]
+        if not specs:
+            out.append(f"{b.keys} ({b.origin}): no preset in this set has a node {node_id!r}")
+            continue
+        pname = b.command.get("param")
+        if pname is None:
+            continue
+        params = [spec.cls.param(pname) for spec in specs if pname in {p.name for p in spec.cls.params}]
+        if not params:
+            out.append(f"{b.keys} ({b.origin}): node {node_id!r} has no param {pname!r}")
+        elif b.command["command"] == "set_param":
+            reasons = []
+            for param in params:
+                try:
+                    param.validate(b.command["value"])
+                    break
+                except ParamError as exc:
+                    reasons.append(str(exc))
+            else:
+                out.append(f"{b.keys} ({b.origin}): {node_id}.{pname} = {show_value(b.command['value'])} will be "
+                           f"rejected: {reasons[0]}")
+    return out
 
 
 def _sort_key(keys: str) -> tuple:
@@ -420,6 +449,8 @@ def _run_hook(engine, args) -> None:
     out = sys.stderr if getattr(args, "output", "") == "pipe" else sys.stdout  # pipe: stdout carries frames
     listener = HotkeyListener(bindings, engine.bus)
     started = listener.start()
+    for warning in node_binding_warnings(bindings, engine.presets):
+        log.warning("hotkey %s", warning)
     state = "active" if started else "NOT active (see the message above)"
     source = f"config {config.file}" if config.file else f"defaults; no config at {config_path()}"
     print(f"global hotkeys: {state}; {source}\n{format_table(bindings, engine.presets)}", file=out, flush=True)
@@ -450,6 +481,8 @@ def cmd_hotkeys(args) -> int:
         print("global hotkeys are turned off in the config (enabled: false)")
     print(f"listener: {'available' if ok else 'NOT available'}{': ' + why if why else ''}")
     print(format_table(bindings, presets or None))
+    for warning in node_binding_warnings(bindings, presets):
+        print(f"warning: {warning}")
     if args.example:
         print("\nexample config:\n" + CONFIG_EXAMPLE.format(path=config_path()))
     return 0

@@ -447,3 +447,17 @@ def test_every_applied_command_and_switch_changes_the_look(engine):
     engine.bus.send(make_command("set_param", node="color", param="gamma", value=99))  # rejected
     step(engine)
     assert engine.look == looks[-1]
+
+
+def test_node_bindings_that_no_preset_accepts_are_warned_about_at_start(tmp_path):
+    path = write_config(tmp_path, "bindings:\n  ctrl+alt+x: {command: set_param, node: color, param: saturation, value: 99}\n"
+                                  "  ctrl+alt+y: {command: bypass, node: faceswap}\n"
+                                  "  ctrl+alt+z: {command: nudge_param, node: color, param: sharpness, direction: 1}\n"
+                                  "  ctrl+alt+w: {command: set_param, node: color, param: saturation, value: 2}\n")
+    presets = make_presets(2)
+    warnings = hk.node_binding_warnings(hk.resolve(presets, hk.load_config(path)), presets)
+    assert warnings == [
+        f"ctrl+alt+x ({path}:2): color.saturation = 99 will be rejected: 99.0 is out of range -1..5",
+        f"ctrl+alt+y ({path}:3): no preset in this set has a node 'faceswap'",
+        f"ctrl+alt+z ({path}:4): node 'color' has no param 'sharpness'",
+    ]
