@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from engine.control import Command, make_command
+from engine.control import Command, make_command, parse_command
 from engine.preset import Preset
 
 log = logging.getLogger("avatarcast.obs")
@@ -68,4 +68,5 @@ def commands_for_scene(scene: str, presets: list[Preset], unbound: str = KEEP) -
         return []
     if unbound == PASSTHROUGH:
         return [make_command("passthrough", source="obs", on=True)]
-    return [make_command("switch_preset", source="obs", name=unbound)]
+    # parse_command, not make_command: make_command's own first parameter is called `name`
+    return [parse_command({"command": "switch_preset", "name": unbound}, source="obs")]

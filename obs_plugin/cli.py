@@ -190,8 +190,15 @@ def cmd_send(args) -> int:
     s = settings_from_args(args)
     req, evt, _ = connect(s)
     answers: queue.SimpleQueue = queue.SimpleQueue()
-    evt.callback = _RawEvents(lambda t, d: answers.put(d) if t == "CustomEvent" and isinstance(d, dict)
-                              and (protocol.KEY_STATE in d or protocol.KEY_ERROR in d) else None)
+
+    def mine(t: str, d) -> None:  # the answer to this command (other clients' traffic is ignored)
+        if t != "CustomEvent" or not isinstance(d, dict):
+            return
+        st = d.get(protocol.KEY_STATE)
+        if protocol.KEY_ERROR in d or (isinstance(st, dict) and st.get("event") == args.name):
+            answers.put(d)
+
+    evt.callback = _RawEvents(mine)
     try:
         request(req, "BroadcastCustomEvent", {"eventData": {protocol.KEY_IN: payload}})
         t_end = time.monotonic() + args.wait

@@ -24,7 +24,11 @@ from .settings import ObsSettings
 log = logging.getLogger("avatarcast.obs")
 # obsws-python logs "Connecting with parameters: ... password='...'" at INFO and tracebacks for refused
 # connections at ERROR: we report every failure ourselves, with the password left out.
-logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
+def _mute_obsws() -> None:
+    logging.getLogger("obsws_python").setLevel(logging.CRITICAL)
+
+
+_mute_obsws()
 
 CLOSE_AUTH_FAILED = 4009
 CLOSE_UNSUPPORTED_RPC = 4010
@@ -148,6 +152,7 @@ def connect(s: ObsSettings, timeout: float = 3.0, events: bool = True):
     from obsws_python.error import OBSSDKError
 
     hello = handshake(s, timeout)
+    _mute_obsws()  # again: the CLI's logging set-up may have changed it since import
     try:
         req = obs.ReqClient(host=s.host, port=s.port, password=s.password, timeout=timeout)
         evt = obs.EventClient(host=s.host, port=s.port, password=s.password, timeout=timeout) if events else None

@@ -168,7 +168,7 @@ class ObsLink:
             log.warning("OBS: %s", line)
         evt.callback = _RawEvents(self._on_event)
         if self.program_scene:
-            self._follow_scene(self.program_scene)  # start in step with what OBS shows now
+            self._follow_scene(self.program_scene, initial=True)  # start in step with what OBS shows now
         self._status_text = ""
         self.connected.set()
 
@@ -233,8 +233,12 @@ class ObsLink:
         elif event_type in ("SceneCreated", "SceneRemoved", "SceneNameChanged"):
             self._out.put(("rescan", {}))
 
-    def _follow_scene(self, scene: str) -> None:
+    def _follow_scene(self, scene: str, initial: bool = False) -> None:
         cmds = binding.commands_for_scene(scene, self.presets_fn(), self.settings.unbound_scene)
+        if initial:  # on (re)connect: only what changes something (no answer broadcasts for no-ops)
+            st = self.state_fn()
+            cmds = [c for c in cmds if not (c.name == "switch_preset" and c.get("index") == st.get("index")) and
+                    not (c.name == "passthrough" and c.get("on") == st.get("passthrough"))]
         for cmd in cmds:
             self.bus.send(cmd)
         log.debug("OBS scene %r -> %s", scene, [c.as_dict() for c in cmds] or "no change")
