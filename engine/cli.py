@@ -110,11 +110,12 @@ def cmd_run(args) -> int:
         except KeyboardInterrupt:
             runner.stop()
             stats = runner.stats
+        finally:  # also when the output failed to open: hooks own threads and connections (OBS, hotkeys)
+            for hook in STOP_HOOKS:
+                hook(engine)
         log.info("stopped: %d frames out, %d processed, dropped %d camera + %d processed frames, latency %.1f ms",
                  stats.frames_output, stats.frames_processed, stats.dropped_capture, stats.dropped_processed,
                  stats.latency_ms)
-        for hook in STOP_HOOKS:
-            hook(engine)
         engine.close()
     finally:
         source.close()
