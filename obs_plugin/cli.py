@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 
 from engine.errors import UserError
@@ -263,7 +264,10 @@ def add_commands(sub, parsers) -> None:
     sd.set_defaults(func=cmd_send)
     o.set_defaults(func=lambda a: (o.print_help(), 2)[1])
 
-    if _run_hook not in engine_cli.RUN_HOOKS:
-        engine_cli.RUN_HOOKS.append(_run_hook)
-    if _stop_hook not in engine_cli.STOP_HOOKS:
-        engine_cli.STOP_HOOKS.append(_stop_hook)
+    # `python -m engine.cli` runs the CLI as __main__, a second copy of the module: hook into both
+    main = sys.modules.get("__main__")
+    for mod in (engine_cli, main) if getattr(main, "RUN_HOOKS", None) is not None else (engine_cli,):
+        if _run_hook not in mod.RUN_HOOKS:
+            mod.RUN_HOOKS.append(_run_hook)
+        if _stop_hook not in mod.STOP_HOOKS:
+            mod.STOP_HOOKS.append(_stop_hook)

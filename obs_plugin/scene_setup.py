@@ -37,8 +37,8 @@ class Plan:
 
 
 def stream_input_settings(url: str) -> dict:
-    """An OBS Media Source reading our MJPEG stream with no buffering (latency over smoothness)."""
-    return {"is_local_file": False, "input": url, "input_format": "mpjpeg", "buffering_mb": 0,
+    """An OBS Media Source reading our MPEG-TS stream with no buffering (latency over smoothness)."""
+    return {"is_local_file": False, "input": url, "input_format": "mpegts", "buffering_mb": 0,
             "reconnect_delay_sec": 1, "restart_on_activate": False, "close_when_inactive": False,
             "hw_decode": False}
 

@@ -229,7 +229,7 @@ class StandInVirtualCamera:
 
     This machine has no v4l2 (no kernel module loading), so the real virtual-camera device cannot
     exist. This backend receives exactly what pyvirtualcam's real ``Camera.send()`` hands a backend and
-    serves it as a local MJPEG stream that OBS reads, so the engine's real ``VCamSink`` and a real OBS
+    serves it as a local MPEG-TS stream (``obs_plugin.stream.StreamServer``) that OBS reads, so the engine's real ``VCamSink`` and a real OBS
     are exercised; only the kernel device is replaced. Users never get this backend.
     """
 
@@ -239,12 +239,12 @@ class StandInVirtualCamera:
         import pyvirtualcam
         from pyvirtualcam.util import encode_fourcc
 
-        from .stream import MjpegServer
+        from .stream import StreamServer
 
         if fourcc != encode_fourcc(pyvirtualcam.PixelFormat.BGR.value):
             raise RuntimeError("the stand-in virtual camera takes BGR frames only")
         self.w, self.h = width, height
-        self.server = MjpegServer("127.0.0.1", self.port or free_port())
+        self.server = StreamServer("127.0.0.1", self.port or free_port(), fps=fps)
         self.server.start()
 
     def device(self) -> str:

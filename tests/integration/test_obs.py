@@ -252,7 +252,7 @@ def test_setup_creates_the_stream_source_and_obs_shows_the_engine_frames(obs, re
     inputs = {i["inputName"]: i["inputKind"] for i in req.send("GetInputList", {}, raw=True)["inputs"]}
     assert inputs["avatarcast"] == "ffmpeg_source" and inputs["avatarcast status"] == "text_ft2_source_v2"
     st = req.send("GetInputSettings", {"inputName": "avatarcast"}, raw=True)["inputSettings"]
-    assert st["input"] == sink.url and st["input_format"] == "mpjpeg" and st["is_local_file"] is False
+    assert st["input"] == sink.url and st["input_format"] == "mpegts" and st["is_local_file"] is False
     items = [i["sourceName"] for i in req.send("GetSceneItemList", {"sceneName": SCENES[0]}, raw=True)["sceneItems"]]
     assert "avatarcast" in items
 

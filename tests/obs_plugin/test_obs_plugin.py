@@ -21,7 +21,7 @@ from engine.preset import loads_preset
 from obs_plugin import binding, protocol
 from obs_plugin.client import ObsAuthError, ObsProtocolError, ObsUnreachable, handshake
 from obs_plugin.settings import ENV_PASSWORD, ObsSettings, resolve
-from obs_plugin.stream import BOUNDARY, MjpegServer, StreamSink, parse_stream_arg
+from obs_plugin.stream import StreamServer, StreamSink, parse_stream_arg
 from obs_plugin.testing import free_port
 
 
@@ -120,71 +120,97 @@ def test_custom_event_parsing():
     assert protocol.state_event({"preset": "Mona"}) == {"avatarcast_state": {"preset": "Mona"}}
 
 
-# ---- the MJPEG stream -----------------------------------------------------------------------------
+# ---- the stream -----------------------------------------------------------------------------------
 
-def read_mjpeg_frames(url: str, n: int, timeout: float = 5.0) -> list[np.ndarray]:
-    """A plain HTTP client parsing multipart/x-mixed-replace (what ffmpeg's mpjpeg demuxer does)."""
-    frames = []
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
-        assert resp.headers["Content-Type"] == f"multipart/x-mixed-replace; boundary={BOUNDARY}"
-        while len(frames) < n:
-            line = resp.readline()
-            if line.startswith(b"Content-Length:"):
-                length = int(line.split(b":")[1])
-                resp.readline()
-                data = resp.read(length)
-                frames.append(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR))
-    return frames
+class Feeder:
+    """Pushes solid frames of ``color`` at ~50 fps into ``push`` (the engine's output thread's job)."""
+
+    def __init__(self, push, size=(160, 90)):
+        self.color = (20, 120, 220)
+        self.push, self.size = push, size
+        self.stop = threading.Event()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        w, h = self.size
+        f = np.empty((h, w, 3), np.uint8)
+        while not self.stop.is_set():
+            f[:] = self.color
+            self.push(f)
+            time.sleep(0.02)
+
+    def close(self):
+        self.stop.set()
+        self.t.join()
 
 
-def test_mjpeg_server_serves_the_newest_frame():
-    srv = MjpegServer("127.0.0.1", 0)
-    srv.start()
-    stop = threading.Event()
-    colors = [(20, 120, 220)]
-
-    def feed():
-        f = np.empty((90, 160, 3), np.uint8)
-        while not stop.is_set():
-            f[:] = colors[0]
-            srv.push(f)
-            time.sleep(0.01)
-
-    t = threading.Thread(target=feed, daemon=True)
-    t.start()
+def decode_until(url: str, color, timeout: float = 10.0) -> np.ndarray:
+    """Read the stream with OpenCV's FFmpeg backend (a real MPEG-TS/H.264 decoder) until a frame shows
+    ``color`` (BGR, +-12 after H.264 + YUV 4:2:0)."""
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
     try:
-        frames = read_mjpeg_frames(srv.url, 3)
-        assert frames[-1].shape == (90, 160, 3)
-        assert np.abs(frames[-1].astype(int) - (20, 120, 220)).max() <= 4
-        colors[0] = (200, 30, 30)
-        time.sleep(0.1)
-        assert np.abs(read_mjpeg_frames(srv.url, 2)[-1].astype(int) - (200, 30, 30)).max() <= 4
+        assert cap.isOpened(), f"cannot open {url}"
+        t_end = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < t_end:
+            ok, frame = cap.read()
+            if not ok:
+                continue
+            last = frame
+            if np.abs(frame[frame.shape[0] // 2, frame.shape[1] // 2].astype(int) - color).max() <= 12:
+                return frame
+        raise AssertionError(f"no frame of colour {color} (last centre pixel "
+                             f"{None if last is None else last[last.shape[0] // 2, last.shape[1] // 2]})")
+    finally:
+        cap.release()
+
+
+def test_stream_server_serves_the_newest_frames_as_mpegts():
+    srv = StreamServer("127.0.0.1", 0, fps=50)
+    srv.start()
+    feeder = Feeder(srv.push)
+    try:
+        frame = decode_until(srv.url, (20, 120, 220))
+        assert frame.shape == (90, 160, 3)
+        feeder.color = (200, 30, 30)
+        decode_until(srv.url, (200, 30, 30))
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/other", timeout=5)
-        assert srv.viewers_served == 2
+        assert srv.viewers_served == 2 and srv.frames_encoded > 0
     finally:
-        stop.set()
-        t.join()
+        feeder.close()
         srv.stop()
 
 
-def test_stream_keeps_accepting_frames_with_no_viewer_and_after_a_viewer_leaves():
+def test_stream_encodes_only_while_watched_and_survives_viewers_leaving(monkeypatch):
+    import obs_plugin.stream as stream
+
+    monkeypatch.setattr(stream, "ENCODER_IDLE_S", 0.3)
     sink = StreamSink("127.0.0.1", 0)
-    sink.open((64, 36), 30)
+    sink.open((160, 90), 50)
+    feeder = Feeder(sink.write)
     try:
-        f = np.full((36, 64, 3), 77, np.uint8)
-        for _ in range(5):
-            sink.write(f)  # no viewer: no encoding, never blocks
-        assert sink.server.frames_encoded == 0
-        feeder = threading.Thread(target=lambda: [time.sleep(0.02) or sink.write(f) for _ in range(50)], daemon=True)
-        feeder.start()
-        read_mjpeg_frames(sink.url, 2)
-        feeder.join()
-        for _ in range(5):
-            sink.write(f)
-        assert sink.server.frames_pushed >= 10
+        time.sleep(0.3)
+        assert sink.server.frames_encoded == 0 and sink.server.encoder_starts == 0  # nobody watches: no ffmpeg
+        decode_until(sink.url, (20, 120, 220))
+        wait = time.monotonic() + 5
+        while sink.server.viewers and time.monotonic() < wait:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert sink.server._proc is None  # stopped after the viewer left
+        pushed = sink.server.frames_pushed
+        feeder.color = (30, 200, 30)
+        decode_until(sink.url, (30, 200, 30))  # a new viewer: a fresh encoder
+        assert sink.server.encoder_starts == 2 and sink.server.frames_pushed > pushed
     finally:
+        feeder.close()
         sink.close()
+
+
+def test_stream_odd_size_is_a_clear_error():
+    with pytest.raises(SinkError, match="must be even"):
+        StreamSink("127.0.0.1", 0).open((161, 90), 30)
 
 
 def test_stream_port_in_use_is_a_clear_error():
@@ -218,12 +244,12 @@ def test_cli_run_with_stream_port_in_use_exits_with_one_line(capsys, home):
 
 @pytest.mark.parametrize("arg, want", [("", ("127.0.0.1", None)), ("9000", ("127.0.0.1", 9000)),
                                        ("0.0.0.0:9000", ("0.0.0.0", 9000)),
-                                       ("http://127.0.0.1:9001/avatarcast.mjpg", ("127.0.0.1", 9001))])
+                                       ("http://127.0.0.1:9001/avatarcast.ts", ("127.0.0.1", 9001))])
 def test_parse_stream_arg(arg, want):
     assert parse_stream_arg(arg) == want
 
 
-@pytest.mark.parametrize("arg", ["udp://127.0.0.1:9000", "port", "70000"])
+@pytest.mark.parametrize("arg", ["srt://127.0.0.1:9000", "port", "70000"])
 def test_parse_stream_arg_refuses(arg):
     with pytest.raises(SinkError):
         parse_stream_arg(arg)
