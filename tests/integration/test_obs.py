@@ -420,3 +420,23 @@ def test_obs_send_cli_round_trip(obs, req, rig_factory, settings, links, capsys,
     assert json.loads(out.strip().splitlines()[-1])["avatarcast_state"]["preset"] == "Dark"
     code, out, err = cli(capsys, "obs", "send", "switch_preset", "index=two", *obs_args(obs))
     assert code == 2 and "index must be int" in err and "Traceback" not in err
+
+
+def test_wrong_password_after_a_restart_ends_the_link_without_retrying(obs, req, rig_factory, settings, links, caplog):
+    """The link meets a refusing OBS in the background (e.g. the password was changed in OBS): one error,
+    no retry loop, and the output keeps going."""
+    from obs_plugin.link import ObsLink
+
+    rig = rig_factory()
+    settings.password = "changed-in-obs"
+    link = links(ObsLink(settings, rig.engine.bus, lambda: rig.engine.presets, rig.engine.state))
+    with caplog.at_level(logging.INFO, logger="avatarcast.obs"):
+        link.start()
+        link._thread.join(timeout=10)
+    assert not link._thread.is_alive() and link.error is not None
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "refused the password" in errors[0].getMessage()
+    assert "Not retrying" in errors[0].getMessage() and "changed-in-obs" not in caplog.text
+    n = rig.runner.stats.frames_output
+    time.sleep(0.3)
+    assert rig.runner.stats.frames_output > n

@@ -386,3 +386,10 @@ def test_cli_status_with_nothing_listening_is_one_clear_line(capsys, home):
         root.handlers[:], root.level = handlers, level
     err = capsys.readouterr().err
     assert code == 2 and "OBS is not reachable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_preset_cannot_carry_the_obs_password():
+    from engine.errors import PresetError
+
+    with pytest.raises(PresetError, match="`obs` must be a mapping like"):
+        loads_preset("name: X\nobs: {scenes: [A], password: secret}\npipeline: []\n")
