@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .client import port_open
+
 log = logging.getLogger("avatarcast.obs.testing")
 OBS_29_LAST_VERSION = 486539266  # 29.0.2: stops the "what's new" / first-run dialogs
 
@@ -190,14 +192,6 @@ class HeadlessObs:
         import obsws_python as obs
 
         return obs.ReqClient(host="127.0.0.1", port=self.port, password=self.password, timeout=timeout)
-
-
-def port_open(host: str, port: int, timeout: float = 0.3) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def screenshot(req, source: str, width: int | None = None, height: int | None = None) -> np.ndarray | None:

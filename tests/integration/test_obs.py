@@ -61,26 +61,16 @@ def test_scene_change_switches_preset_glitch_free(obs, req, rig_factory, setting
     assert rig.engine.state()["preset"] == "Cool"
 
 
-def test_unbound_scene_goes_to_passthrough_and_back(obs, req, rig_factory, settings, links, expected):
-    settings.unbound_scene = "passthrough"
+@pytest.mark.parametrize("policy, shows", [("passthrough", "passthrough"), ("Dark", "Dark")])
+def test_unbound_scene_policy_and_back_to_a_bound_scene(obs, req, rig_factory, settings, links, policy, shows):
+    settings.unbound_scene = policy
     rig = rig_factory()
     make_link(rig, settings, links)
-    t0 = time.perf_counter()
-    req.send("SetCurrentProgramScene", {"sceneName": "BRB"})
-    rig.wait_preset("passthrough", after=t0)
-    t1 = time.perf_counter()
-    req.send("SetCurrentProgramScene", {"sceneName": "Gaming"})
-    rig.wait_preset("Cool", after=t1)
+    for scene, want in (("BRB", shows), ("Gaming", "Cool")):
+        t0 = time.perf_counter()
+        req.send("SetCurrentProgramScene", {"sceneName": scene})
+        rig.wait_preset(want, after=t0)
     assert rig.engine.passthrough is False
-
-
-def test_unbound_scene_to_default_preset(obs, req, rig_factory, settings, links):
-    settings.unbound_scene = "Dark"
-    rig = rig_factory()
-    make_link(rig, settings, links)
-    t0 = time.perf_counter()
-    req.send("SetCurrentProgramScene", {"sceneName": "BRB"})
-    rig.wait_preset("Dark", after=t0)
 
 
 def test_scene_missing_in_obs_is_a_warning_listing_obs_scenes(obs, req, rig_factory, settings, links, caplog):
