@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -137,7 +138,7 @@ def main() -> int:
         total, from_event = [], []
         for i in range(args.runs):
             scene, preset = (("Gaming", "Cool"), ("Just Chatting", "Warm"))[i % 2]
-            time.sleep(0.2)
+            time.sleep(0.2 + random.uniform(0, 2 / args.fps))  # random phase against the frame clock
             t_event.clear()
             t0 = time.perf_counter()
             req.send("SetCurrentProgramScene", {"sceneName": scene})
@@ -170,7 +171,7 @@ def main() -> int:
         order = ["Cool", "Dark", "Warm"]
         for i in range(args.runs):
             name = order[i % 3]
-            time.sleep(0.3)
+            time.sleep(0.3 + random.uniform(0, 2 / args.fps))
             t0 = time.perf_counter()
             rig.engine.bus.send(parse_command({"command": "switch_preset", "name": name}))
             t_out = rig.first(name, t0)
