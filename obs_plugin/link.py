@@ -126,6 +126,10 @@ class ObsLink:
                     self.error = exc
                     log.error("OBS: %s. Not retrying; the output keeps running without OBS control.", exc.render())
                     return
+                except Exception:  # a bug, or an OBS answer we did not expect: keep the link thread alive
+                    log.exception("OBS: connecting failed unexpectedly; retrying in %.1f s", BACKOFF_MAX)
+                    self._close()
+                    self._stop.wait(BACKOFF_MAX)
                 continue
             try:
                 item = self._out.get(timeout=0.1)
