@@ -102,6 +102,7 @@ def cmd_run(args) -> int:
             hook(engine, args)
         runner = LiveRunner(source, engine, sink, fps=args.fps or source.fps, max_frames=args.max_frames,
                             duration=args.duration)
+        runner.open_sink()
         names = ", ".join(f"{i + 1}: {p.name}" for i, p in enumerate(presets))
         log.info("live: %s %dx%d -> %s %dx%d at %.3g fps; presets %s (Ctrl+C to stop)", source.name,
                  *source.size, args.output, *engine.out_size, runner.fps, names)
@@ -130,6 +131,9 @@ def cmd_render(args) -> int:
     from .sinks import FileSink
     from .sources import open_source
 
+    from .sinks import check_output_path
+
+    check_output_path(Path(args.output))
     presets = load_presets([args.preset])
     source = open_source(args.input, live=False, frames=args.max_frames)
     source.open()
