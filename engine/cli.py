@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import SinkError, UserError
+from .errors import UserError
 from .params import ParamError, parse_size
 
 log = logging.getLogger("avatarcast")
@@ -72,10 +72,9 @@ def load_presets(words: list[str]):
 
 def _engine(presets, source, args, live: bool):
     from .device import pick_device
-    from .runtime import Engine
-
     from .library import find_preset_file
     from .preset import load_preset
+    from .runtime import Engine
 
     words = list(getattr(args, "preset", None) or [])
     reload = (lambda: [load_preset(find_preset_file(w)) for w in words]) if words else None
@@ -128,10 +127,8 @@ STOP_HOOKS: list = []
 
 def cmd_render(args) -> int:
     from .runtime import render
-    from .sinks import FileSink
+    from .sinks import FileSink, check_output_path
     from .sources import open_source
-
-    from .sinks import check_output_path
 
     check_output_path(Path(args.output))
     presets = load_presets([args.preset])
@@ -155,7 +152,6 @@ def cmd_demo(args) -> int:
     from .library import find_preset
     from .runtime import render
     from .sinks import FileSink, WindowSink, display_available
-    from .sources import DemoSource
 
     preset = find_preset(args.preset)
     source = DEMO_SOURCE_FACTORY(args)
@@ -262,7 +258,6 @@ def cmd_preset_validate(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-
     from .node import discover
 
     discover()

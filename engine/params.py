@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class PortType(str, Enum):
+class PortType(StrEnum):
     """What flows through a port.
 
     FRAME: ``(H, W, 3) uint8`` BGR image, C-contiguous.
