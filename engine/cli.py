@@ -50,9 +50,22 @@ def _fps(text: str) -> float:
     return v
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (not the one at set-up), so a
+    replaced or closed stderr (tests, embedding) never breaks logging."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("avatarcast: %(levelname)s: %(message)s" if verbose else
                                            "avatarcast: %(message)s"))
     root = logging.getLogger()
