@@ -191,6 +191,7 @@ class FileRef:
     value: str  # as written in the preset
     line: int | None
     kind: str  # 'avatar' or 'param'
+    keys: tuple = ()  # where the value sits in the mapping, e.g. ('pipeline', 2, 'lut')
 
 
 def file_refs(data: Any) -> list[FileRef]:
@@ -202,9 +203,9 @@ def file_refs(data: Any) -> list[FileRef]:
     av = data.get("avatar")
     images = av.get("images") if isinstance(av, dict) else None
     if isinstance(images, str):
-        refs.append(FileRef("avatar.images", images, line_of(av, "images"), "avatar"))
+        refs.append(FileRef("avatar.images", images, line_of(av, "images"), "avatar", ("avatar", "images")))
     elif isinstance(images, list):
-        refs += [FileRef(f"avatar.images[{i}]", v, line_of(images, i), "avatar")
+        refs += [FileRef(f"avatar.images[{i}]", v, line_of(images, i), "avatar", ("avatar", "images", i))
                  for i, v in enumerate(images) if isinstance(v, str)]
     pipe = data.get("pipeline")
     registry = discover()
@@ -214,8 +215,19 @@ def file_refs(data: Any) -> list[FileRef]:
         for p in cls.params if cls is not None else ():
             value = entry.get(p.name)
             if p.type == "path" and isinstance(value, str):
-                refs.append(FileRef(f"pipeline[{i}].{p.name}", value, line_of(entry, p.name), "param"))
+                refs.append(FileRef(f"pipeline[{i}].{p.name}", value, line_of(entry, p.name), "param",
+                                    ("pipeline", i, p.name)))
     return refs
+
+
+def upgrade(data: Any, file: Path | None = None) -> Any:
+    """``data`` migrated to the current schema (PresetError for a bad or newer ``schema``)."""
+    if not isinstance(data, dict):
+        return data
+    probs = _Problems(file)
+    data = migrate(data, probs)
+    probs.raise_if_any()
+    return data
 
 
 def parse_preset(data: Any, file: Path | None = None, base_dir: Path = Path(".")) -> Preset:
