@@ -298,14 +298,14 @@ def _name_problem(name: str) -> str | None:
     if any(ord(c) < 32 or c == "\x7f" for c in name):
         return "a control character in the name"
     if "\\" in name:
-        return "a backslash (a Windows path that could leave the install folder)"
+        return "a backslash, a Windows path separator that can leave the install folder"
     if name.startswith("/"):
-        return "an absolute path (it would leave the install folder)"
+        return "an absolute path leaves the install folder"
     if re.match(r"^[A-Za-z]:", name):
-        return "a drive letter (it would leave the install folder)"
+        return "a drive letter leaves the install folder"
     parts = name.rstrip("/").split("/")
     if ".." in parts:
-        return "'..' (it would leave the install folder)"
+        return "'..' leaves the install folder"
     if any(p in ("", ".") for p in parts):
         return "an empty or '.' path component"
     if len(name) > 200:
@@ -318,21 +318,21 @@ def _layout_problem(name: str, is_dir: bool) -> str | None:
     if is_dir:
         ok = parts in ([FILES_DIR], [PRECOMPUTED_DIR]) or (
             len(parts) == 2 and parts[0] == PRECOMPUTED_DIR and _NAMESPACE_RE.match(parts[1]))
-        return None if ok else "an unexpected folder"
+        return None if ok else "is an unexpected folder"
     if parts in ([MANIFEST_NAME], [PRESET_NAME]):
         return None
     if len(parts) == 2 and parts[0] == FILES_DIR:
         if not _BASENAME_RE.match(parts[1]):
-            return "a file name with characters other than letters, digits, '.', '-', '_'"
+            return "has characters other than letters, digits, '.', '-', '_' in its name"
         suffix = posixpath.splitext(parts[1])[1].lower()
         if suffix not in ASSET_SUFFIXES:
-            return (f"a file type bundles do not carry ({suffix or 'no extension'}; allowed: "
+            return (f"is a file type bundles do not carry ({suffix or 'no extension'}; allowed: "
                     f"{', '.join(sorted(ASSET_SUFFIXES))})")
         return None
     if len(parts) == 3 and parts[0] == PRECOMPUTED_DIR and _NAMESPACE_RE.match(parts[1]) and \
             parts[2].endswith(".npz") and _KEY_RE.match(parts[2][:-4]):
         return None
-    return (f"an unexpected place (a bundle holds {MANIFEST_NAME}, {PRESET_NAME}, {FILES_DIR}/NAME and "
+    return (f"is in an unexpected place (a bundle holds {MANIFEST_NAME}, {PRESET_NAME}, {FILES_DIR}/NAME and "
             f"{PRECOMPUTED_DIR}/NAMESPACE/KEY.npz)")
 
 
@@ -348,7 +348,7 @@ def _read_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, bundle
 
 
 def _mb(n: float) -> str:
-    return f"{n / MiB:.1f} MiB"
+    return f"{n / MiB:.1f} MiB" if n >= MiB else f"{n / 1024:.1f} KiB"
 
 
 def _inspect(zf: zipfile.ZipFile, bundle: Path, limits: Limits) -> _Plan:
@@ -381,7 +381,7 @@ def _inspect(zf: zipfile.ZipFile, bundle: Path, limits: Limits) -> _Plan:
         folded.add(name.casefold())
         problem = _layout_problem(name, info.is_dir())
         if problem:
-            raise BundleError(f"is in {problem}", where)
+            raise BundleError(problem, where)
         if info.is_dir():
             if info.file_size:
                 raise BundleError("a folder entry with contents", where)
@@ -582,9 +582,8 @@ def _check_preset(tmp: Path, plan: _Plan, bundle: Path) -> Preset:
         problem = _ref_problem(ref.value)
         norm = posixpath.normpath(ref.value) if not problem else ""
         if problem or norm not in plan.files or not norm.startswith(FILES_DIR + "/"):
-            raise BundleError(f"names {ref.value!r}, which is outside the bundle"
-                              + (f" ({problem})" if problem else ""), where,
-                              f"a bundled preset may only name the files packed in it ({FILES_DIR}/...)")
+            raise BundleError(f"names {ref.value!r}, which is outside the bundle" + (f": {problem}" if problem else ""),
+                              where, f"a bundled preset may only name the files packed in it, {FILES_DIR}/NAME")
     preset = parse_preset(data, file=shown, base_dir=tmp)
     for ref in file_refs(migrated):
         if ref.kind == "avatar" and posixpath.splitext(ref.value)[1].lower() not in IMAGE_FORMATS:
