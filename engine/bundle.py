@@ -93,7 +93,7 @@ LIMITS = Limits()
 # OpenCV's own decoder limit (read when cv2 loads); our header check runs first and is stricter.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(LIMITS.max_image_pixels))
 
-# What zipfile raises on a damaged or hostile archive (read in _zip_errors; never our own code).
+# What zipfile raises on a damaged or hostile archive (caught only around zipfile's own reads).
 _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, struct.error, NotImplementedError,
                RuntimeError, ValueError, OverflowError, UnicodeDecodeError)
 
@@ -336,14 +336,28 @@ def _layout_problem(name: str, is_dir: bool) -> str | None:
             f"{PRECOMPUTED_DIR}/NAMESPACE/KEY.npz)")
 
 
+def _damaged(bundle: Path, exc: BaseException) -> BundleError:
+    return BundleError(f"damaged or not an avatarcast bundle ({type(exc).__name__}: {str(exc)[:80]})",
+                       _display(bundle), "get the bundle again from its creator")
+
+
+def _chunks(zf: zipfile.ZipFile, info: zipfile.ZipInfo, bundle: Path):
+    """The member's bytes, 1 MiB at a time; any error reading the archive is a BundleError."""
+    try:
+        with zf.open(info) as src:
+            while chunk := src.read(_CHUNK):
+                yield chunk
+    except _ZIP_ERRORS + (OSError,) as exc:
+        raise _damaged(bundle, exc) from None
+
+
 def _read_limited(zf: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, bundle: Path) -> bytes:
     chunks, n = [], 0
-    with zf.open(info) as fh:
-        while chunk := fh.read(_CHUNK):
-            n += len(chunk)
-            if n > limit:
-                raise BundleError(f"larger than {limit // 1024} KiB", _display(bundle, info.filename))
-            chunks.append(chunk)
+    for chunk in _chunks(zf, info, bundle):
+        n += len(chunk)
+        if n > limit:
+            raise BundleError(f"larger than {limit // 1024} KiB", _display(bundle, info.filename))
+        chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -470,8 +484,8 @@ def _extract(zf: zipfile.ZipFile, plan: _Plan, tmp: Path, bundle: Path, limits: 
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
         fd = os.open(target, flags, 0o644)
         h, n = hashlib.sha256(), 0
-        with os.fdopen(fd, "wb") as out, zf.open(info) as src:
-            while chunk := src.read(_CHUNK):
+        with os.fdopen(fd, "wb") as out:
+            for chunk in _chunks(zf, info, bundle):
                 n += len(chunk)
                 if n > expect["size"] or n > limits.max_file_bytes:
                     raise BundleError(f"unpacks to more than the {expect['size']} bytes its manifest and zip "
@@ -594,12 +608,11 @@ def _check_preset(tmp: Path, plan: _Plan, bundle: Path) -> Preset:
 
 # ---- install, list, show, remove ---------------------------------------------------------------
 
-def _zip_call(fn, bundle: Path, *args):
+def _open_zip(bundle: Path) -> zipfile.ZipFile:
     try:
-        return fn(*args)
-    except _ZIP_ERRORS as exc:
-        raise BundleError(f"damaged or not an avatarcast bundle ({type(exc).__name__}: {str(exc)[:80]})",
-                          _display(bundle), "get the bundle again from its creator") from None
+        return zipfile.ZipFile(bundle)
+    except _ZIP_ERRORS + (OSError,) as exc:
+        raise _damaged(bundle, exc) from None
 
 
 def installed(root: Path | None = None) -> list[Installed]:
@@ -719,9 +732,9 @@ def install(bundle: str | Path, *, force: bool = False, root: str | Path | None 
         raise BundleError(f"the bundle is {_mb(st.st_size)} (the limit is {_mb(limits.max_bundle_bytes)})",
                           Where(bundle))
     root = Path(root) if root else user_presets_dir()
-    zf = _zip_call(zipfile.ZipFile, bundle, bundle)
+    zf = _open_zip(bundle)
     with zf:
-        plan = _zip_call(_inspect, bundle, zf, bundle, limits)
+        plan = _inspect(zf, bundle, limits)
         _check_clash(plan.id, None, root, force)
         made: list[Path] = []
         p = root
@@ -731,7 +744,7 @@ def install(bundle: str | Path, *, force: bool = False, root: str | Path | None 
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=root))
         try:
-            _zip_call(_extract, bundle, zf, plan, tmp, bundle, limits)
+            _extract(zf, plan, tmp, bundle, limits)
             _check_files(tmp, plan, bundle, limits)
             preset = _check_preset(tmp, plan, bundle)
             _check_clash(plan.id, preset.name, root, force)
