@@ -18,10 +18,11 @@ import numpy as np
 from engine import cache
 from engine.node import _REGISTRY as REGISTRY
 from engine.node import Node, discover
-from engine.params import Param, Port, PortType
+from engine.params import Param
 from engine.runtime import Engine, render
 from engine.sinks import Sink
 from engine.sources import DemoSource
+from nodes.transform import FRAME_IN, FRAME_OUT
 
 TINT_CALLS = {"compute": 0}
 
@@ -39,8 +40,8 @@ class TintNode(Node):
     kind = "test_tint"
     family = "test"
     description = "Test node: tint towards the mean colour of an image file."
-    inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR"),)
-    outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR"),)
+    inputs = (FRAME_IN,)
+    outputs = (FRAME_OUT,)
     params = (
         Param("image", "path", None, "image whose mean colour tints the frame", optional=True),
         Param("amount", "float", 0.5, "0 = none, 1 = flat colour", min=0.0, max=1.0),
