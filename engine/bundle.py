@@ -64,6 +64,7 @@ PRECOMPUTE_HOOK = "bundle_precomputed"
 ASSET_SUFFIXES = frozenset(IMAGE_FORMATS) | VIDEO_SUFFIXES | {".cube"}
 
 _BASENAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_WINDOWS_DEVICES = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 _SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _NAMESPACE_RE = re.compile(r"^[a-z0-9_][a-z0-9_-]{0,63}$")
 _KEY_RE = re.compile(r"^[0-9a-f]{16,64}$")
@@ -145,6 +146,8 @@ def _set(data: Any, keys: tuple, value: Any) -> None:
 
 def _asset_name(src: Path, used: set[str]) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", src.stem).lstrip("._-")[:80] or "file"
+    if stem.split(".")[0].lower() in _WINDOWS_DEVICES:
+        stem = f"file-{stem}"
     suffix = src.suffix.lower()
     name, n = f"{stem}{suffix}", 2
     while name.casefold() in used:
@@ -324,6 +327,8 @@ def _layout_problem(name: str, is_dir: bool) -> str | None:
     if len(parts) == 2 and parts[0] == FILES_DIR:
         if not _BASENAME_RE.match(parts[1]):
             return "has characters other than letters, digits, '.', '-', '_' in its name"
+        if parts[1].split(".")[0].lower() in _WINDOWS_DEVICES:
+            return "is named after a Windows device (CON, NUL, COM1, ...), which cannot be a file there"
         suffix = posixpath.splitext(parts[1])[1].lower()
         if suffix not in ASSET_SUFFIXES:
             return (f"is a file type bundles do not carry ({suffix or 'no extension'}; allowed: "

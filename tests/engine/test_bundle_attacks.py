@@ -265,9 +265,11 @@ def test_video_and_lut_that_are_not(sandbox):
 
 
 def test_unexpected_file_types_and_places(sandbox):
-    for name in ("files/evil.py", "files/model.pt", "evil.sh", "files/sub/face.png", "precomputed/x/notakey.npz"):
+    for name in ("files/evil.py", "files/model.pt", "evil.sh", "files/sub/face.png", "precomputed/x/notakey.npz",
+                 "files/CON.png", "files/nul.jpg"):
         files = {**good_files(), name: b"print('hi')"}
-        refused(sandbox, build_zip(sandbox / f"{uuid.uuid4().hex}.avatar", files), "(is a file type bundles do not carry|is in an unexpected place)")
+        refused(sandbox, build_zip(sandbox / f"{uuid.uuid4().hex}.avatar", files),
+                "(is a file type bundles do not carry|is in an unexpected place|Windows device)")
 
 
 def test_pickled_precomputed_data(sandbox):
