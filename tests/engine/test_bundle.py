@@ -120,6 +120,10 @@ def test_cli_pack_install_list_show_render_remove(home, capsys):
     assert main(["render", str(home / "in.png"), "-o", str(a), "--preset", str(original), "--no-progress"]) == 0
     assert main(["render", str(home / "in.png"), "-o", str(c), "--preset", "cli", "--no-progress"]) == 0
     assert a.read_bytes() == c.read_bytes()
+    live = home / "live.mp4"
+    assert main(["run", "--preset", "cli", "--source", "demo", "--output", f"file:{live}", "--max-frames", "3",
+                 "--size", "320x180"]) == 0
+    assert live.stat().st_size > 0
     assert main(["preset", "remove", "Round Trip"]) == 0
     assert installed() == []
     assert main(["preset", "remove", "cli"]) == 2
