@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .node import Node, discover
+from .node import BUILTIN_NODE_PACKAGES, Node, discover
 from .params import PortType
 from .preset import ENTRY_KEYS, SCHEMA_VERSION, SOURCE_ID, TOP_LEVEL_KEYS
 
@@ -56,8 +56,14 @@ def node_schema(cls: type[Node]) -> dict:
             "required": ["node"], "properties": props, "additionalProperties": False}
 
 
+def builtin_registry() -> dict[str, type[Node]]:
+    """The node kinds avatarcast itself ships (what presets/preset.schema.json describes)."""
+    return {k: c for k, c in discover().items() if c.__module__.split(".")[0] in BUILTIN_NODE_PACKAGES}
+
+
 def preset_schema(registry: dict[str, type[Node]] | None = None) -> dict:
-    """The JSON Schema (draft 2020-12) for preset files, for every registered node kind."""
+    """The JSON Schema (draft 2020-12) for preset files, for every registered node kind (built-in and
+    installed node packs) unless ``registry`` says which."""
     reg = discover() if registry is None else registry
     kinds = sorted(reg)
     defs = {f"node_{k}": node_schema(reg[k]) for k in kinds}

@@ -142,6 +142,10 @@ def loads(text: str, file: str | Path | None = None) -> Any:
         raise UserError(f"not valid YAML: {problem}", Where(file, line)) from None
     except yaml.YAMLError as exc:
         raise UserError(f"not valid YAML: {exc}", Where(file)) from None
+    except RecursionError:  # PyYAML composes nested collections recursively, before _build's depth check
+        raise UserError(f"not valid YAML: nested deeper than {MAX_DEPTH} levels", Where(file)) from None
+    except (ValueError, OverflowError) as exc:  # PyYAML's scanner, e.g. an escape like "\U10001000"
+        raise UserError(f"not valid YAML: {exc}", Where(file)) from None
     finally:
         if loader is not None:
             loader.dispose()

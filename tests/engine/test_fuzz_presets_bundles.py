@@ -32,7 +32,8 @@ TOKENS = ["&a ", "*a", "!!python/object/apply:os.system ['id']", "!!binary aGk="
           "schema: 0\n", "schema: -1\n", "params: {x: 1}", "avatar: x.png\n", "~/x.png", "../../x.png",
           "/etc/hostname", "node: crop\n", "node: test_tint\n  image: ../x.png\n", "inputs: {frame: nowhere}",
           "id: source", "output: zz", "1e999", ".nan", "0x1F", "  ", "\n", "#", "? ", "|\n  x", ">\n  y",
-          "pipeline:\n  - node: mirror\n    inputs: mirror\n", "obs: {scenes: 5}", "enabled: maybe"]
+          "pipeline:\n  - node: mirror\n    inputs: mirror\n", "obs: {scenes: 5}", "enabled: maybe",
+          '"\\U10001000"', '"\\x1f"', "[" * 40, "{a: " * 40]
 BASE_PRESETS = [
     PRESET_TEXT,
     "name: Old\navatar: files/face.png\npipeline:\n  - node: crop\n    params: {x: 3, y: 3}\n",

@@ -17,7 +17,7 @@ from engine.errors import PresetError, UserError
 from engine.node import discover
 from engine.params import PortType
 from engine.preset import MIGRATIONS, SCHEMA_VERSION, load_preset, loads_preset, parse_preset
-from engine.presetschema import preset_schema, preset_schema_text
+from engine.presetschema import builtin_registry, preset_schema, preset_schema_text
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_SCHEMA = REPO / "presets" / "preset.schema.json"
@@ -118,7 +118,7 @@ def test_cli_validates_a_schema0_file(face_dir, capsys):
 # ---- the JSON Schema ------------------------------------------------------------------------------
 
 def test_shipped_schema_is_the_generated_one():
-    assert SHIPPED_SCHEMA.read_text(encoding="utf-8") == preset_schema_text(), (
+    assert SHIPPED_SCHEMA.read_text(encoding="utf-8") == preset_schema_text(builtin_registry()), (
         "presets/preset.schema.json is out of date with the node declarations: regenerate it with "
         "`avatarcast preset schema -o presets/preset.schema.json`")
 
@@ -135,18 +135,20 @@ def test_schema_is_valid_and_covers_every_node():
 
 
 def test_cli_prints_and_writes_the_schema(tmp_path, capsys):
+    """The CLI describes every node it can load (installed node packs too, here also the test nodes)."""
     assert main(["preset", "schema"]) == 0
     assert capsys.readouterr().out == preset_schema_text()
     assert main(["preset", "schema", "-o", str(tmp_path / "s.json")]) == 0
     assert (tmp_path / "s.json").read_text() == preset_schema_text()
 
 
-VALIDATOR = jsonschema.Draft202012Validator(preset_schema())
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(preset_schema(builtin_registry()))
 
 
 def _simple_kinds() -> list[str]:
-    """Node kinds whose required inputs are all frames (wired implicitly to the camera)."""
-    return sorted(k for k, c in discover().items()
+    """Built-in node kinds whose required inputs are all frames (wired implicitly to the camera)."""
+    return sorted(k for k, c in builtin_registry().items()
                   if all(p.type is PortType.FRAME or p.optional for p in c.inputs))
 
 
@@ -236,17 +238,18 @@ def generated_presets(draw, invalid: bool = False):
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_presets())
 def test_generated_valid_presets_pass_schema_and_loader(data):
-    errors = [e.message for e in VALIDATOR.iter_errors(data)]
+    validator = _validator()
+    errors = [e.message for e in validator.iter_errors(data)]
     assert not errors, (data, errors)
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     loads_preset(text)  # raises if the loader disagrees
-    assert not list(VALIDATOR.iter_errors(json.loads(json.dumps(data))))
+    assert not list(validator.iter_errors(json.loads(json.dumps(data))))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(generated_presets(invalid=True))
 def test_generated_invalid_presets_fail_schema_and_loader(data):
-    assert list(VALIDATOR.iter_errors(data)), data
+    assert list(_validator().iter_errors(data)), data
     with pytest.raises(PresetError):
         parse_preset(data)
 
@@ -257,3 +260,14 @@ def test_load_preset_never_constructs_objects(tmp_path):
     with pytest.raises(UserError) as info:
         load_preset(f)
     assert "tag" in str(info.value) and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("text, why", [
+    ("\x1fname: x\npipeline: []\n", "special characters are not allowed"),  # the reader, before parsing
+    ('name: "\\U10001000"\npipeline: []\n', "not in range"),  # PyYAML's scanner raises ValueError
+    ("name: x\npipeline: " + "[" * 5000 + "\n", "nested deeper than 32 levels"),  # recursion in compose
+])
+def test_yaml_that_trips_pyyaml_is_a_user_error(text, why):
+    with pytest.raises(UserError, match=why) as info:
+        loads_preset(text, file="odd.yaml")
+    assert info.value.render().startswith("odd.yaml")
