@@ -114,11 +114,11 @@ def cmd_run(args) -> int:
             hook(engine, args)
         runner = LiveRunner(source, engine, sink, fps=args.fps or source.fps, max_frames=args.max_frames,
                             duration=args.duration)
-        runner.open_sink()
         names = ", ".join(f"{i + 1}: {p.name}" for i, p in enumerate(presets))
-        log.info("live: %s %dx%d -> %s %dx%d at %.3g fps; presets %s (Ctrl+C to stop)", source.name,
-                 *source.size, args.output, *engine.out_size, runner.fps, names)
         try:
+            runner.open_sink()
+            log.info("live: %s %dx%d -> %s %dx%d at %.3g fps; presets %s (Ctrl+C to stop)", source.name,
+                     *source.size, args.output, *engine.out_size, runner.fps, names)
             stats = runner.run()
         except KeyboardInterrupt:
             runner.stop()
