@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -216,6 +217,7 @@ def main() -> int:
         link.stop()
         rig.stop()
         obs.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
