@@ -105,9 +105,13 @@ def eye_open(lm: np.ndarray, side: str) -> np.ndarray:
 
 
 def brow_height(lm: np.ndarray, side: str) -> np.ndarray:
-    """Distance from the brow to its eye's centre / face height (raised brows: larger)."""
-    brow = _pt(lm, BROW_LEFT if side == "left" else BROW_RIGHT)
-    return _dist(brow, _eye_centre(lm, side)) / np.maximum(face_height(lm), _EPS)
+    """Height of the brow above its eye's centre / face height, both measured in the image along the
+    face's vertical axis (perpendicular to the eye line): raised brows give larger values."""
+    _, v = face_axes(lm)
+    brow = _pt(lm, BROW_LEFT if side == "left" else BROW_RIGHT)[..., :2]
+    up = _dot2(_eye_centre(lm, side)[..., :2] - brow, v)
+    height = np.abs(_dot2(lm[..., CHIN, :2] - lm[..., FOREHEAD, :2], v))
+    return up / np.maximum(height, _EPS)
 
 
 def roll_deg(lm: np.ndarray) -> np.ndarray:
