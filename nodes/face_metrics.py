@@ -27,6 +27,9 @@ EYE_LEFT_UPPER, EYE_LEFT_LOWER = (387, 386, 385), (373, 374, 380)
 BROW_RIGHT = (70, 63, 105, 66, 107)
 BROW_LEFT = (300, 293, 334, 296, 336)
 IRIS_RIGHT, IRIS_LEFT = 468, 473  # iris centres (refine_landmarks=True)
+# the face outline as a closed loop (forehead, the person's left side, chin, right side)
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 
 # The features the issue's motion-transfer measure correlates, in report order.
 MOTION_FEATURES = ("mouth_open", "mouth_width", "eye_open_left", "eye_open_right", "brow_left", "brow_right",
@@ -181,6 +184,17 @@ def feature_matrix(lm: np.ndarray, names: tuple[str, ...] = MOTION_FEATURES) -> 
     """(T, 478, 3) landmarks -> (T, len(names)) features, columns in ``names`` order."""
     f = features(lm)
     return np.stack([f[n] for n in names], axis=-1)
+
+
+def face_region(lm: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool mask of the face inside its outline (``FACE_OVAL``) for landmarks (478, 2|3) in
+    pixels of a frame of ``shape`` (h, w): the region face-swap measures (flicker, identity) look at."""
+    import cv2
+
+    mask = np.zeros(shape[:2], np.uint8)
+    poly = np.round(np.asarray(lm)[list(FACE_OVAL), :2]).astype(np.int32)
+    cv2.fillPoly(mask, [poly], 1)
+    return mask.astype(bool)
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
