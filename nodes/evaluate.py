@@ -37,7 +37,16 @@ from . import face_metrics as fmx
 
 log = logging.getLogger("avatarcast.eval")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+def _shared_data() -> Path:
+    """../shared/data beside the checkout (or beside the current folder, for an installed copy)."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd().resolve().parent):
+        if (base / "shared" / "data").is_dir():
+            return base / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 NO_FACE_AVATARS = ("cat_no_face.jpg",)
 EVAL_SIZE = 256  # self-reenactment compares frames at 256x256, as FOMM does
 
@@ -276,6 +285,7 @@ class Evaluator:
         self._drv = MeshDetector(static=False, max_faces=1)
         self._out = MeshDetector(static=False, max_faces=1)
         self._still = MeshDetector(static=True, max_faces=1)
+        self._driver_cache: dict[Path, list[np.ndarray | None]] = {}  # the driver's landmarks, per clip
 
     def close(self) -> None:
         for d in (self._drv, self._out, self._still):
@@ -332,19 +342,29 @@ class Evaluator:
             ms = [m() for m in measures]
             for m in ms:
                 m.start(info)
-            self._drv.reset()
             self._out.reset()
+            cached = self._driver_cache.get(clip)
+            if cached is None:
+                self._drv.reset()
+            drv_lms: list[np.ndarray | None] = []
             frame = np.empty((src.size[1], src.size[0], 3), np.uint8)
             out = np.empty((oh, ow, 3), np.uint8)
             n = 0
             t0 = time.perf_counter()
             while (self.max_frames is None or n < self.max_frames) and src.read(frame):
                 engine.process(frame, out)
-                dl = self._drv.detect(frame)
+                if cached is not None and n < len(cached):
+                    dl = cached[n]
+                else:
+                    found = self._drv.detect(frame)
+                    dl = found[0] if found else None
+                drv_lms.append(dl)
                 ol = self._out.detect(out)
                 for m in ms:
-                    m.frame(n, frame, out, dl[0] if dl else None, ol[0] if ol else None)
+                    m.frame(n, frame, out, dl, ol[0] if ol else None)
                 n += 1
+            if cached is None:
+                self._driver_cache[clip] = drv_lms
             figures: dict[str, float] = {}
             for m in ms:
                 figures.update(m.finish())

@@ -69,6 +69,9 @@ def test_preset_avatar_is_replaced_by_each_avatar(clips, shared_data):
     assert swapped.avatar.images == [avatars[1]] and preset.avatar.images == [avatars[0]]
     res = evaluate(preset, clips[1:], avatars, frames=10, self_reenact=False)
     assert [r["avatar"] for r in res["runs"]] == ["mona_lisa.jpg", "dog.jpg"]
+    # the driver's landmarks are detected once per clip and reused: same figures for the same output
+    a, b = (r["figures"] for r in res["runs"])
+    assert a == b and a["motion_r"] > 0.999
 
 
 def synthetic_clip(n=40, noise=0.0, seed=0):
