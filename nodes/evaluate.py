@@ -446,11 +446,17 @@ def _resolve_paths(items: list[str] | None, default: Callable[[], list[Path]], w
 
 def cmd_eval(args) -> int:
     from engine.library import find_preset
+    from engine.node import discover
 
-    if args.pipeline is not None and args.preset:
-        raise UserError("give either --preset or --pipeline, not both")
-    preset = pipeline_preset(args.pipeline) if args.pipeline is not None else find_preset(args.preset or "demo")
-    suite = SUITES[args.suite]
+    if args.pipeline is None and not args.preset:
+        raise UserError("nothing to evaluate", hint="give --preset FILE (e.g. a reenactment preset) or --pipeline "
+                        "'[{node: mirror}]'")
+    preset = pipeline_preset(args.pipeline) if args.pipeline is not None else find_preset(args.preset)
+    discover()  # node modules may register their own suites (e.g. face swap)
+    suite = SUITES.get(args.suite)
+    if suite is None:
+        raise UserError(f"unknown suite {args.suite!r}", hint="suites: " + ", ".join(
+            f"{s.name} ({s.description})" for s in SUITES.values()))
     clips = _resolve_paths(args.driving, default_clips, "driving", "driving clip")
     if args.avatars == ["none"] or (not args.avatars and not uses_avatar(preset)):
         avatars: list[Path | None] = [None]
@@ -504,7 +510,8 @@ def add_commands(sub, parsers=None) -> None:
     e.add_argument("--avatars", nargs="+", metavar="IMAGE", help="avatar images or folders, or 'none' "
                    f"(default: {SHARED_DATA / 'avatars'}/* except {', '.join(NO_FACE_AVATARS)}; "
                    "'none' for a preset without an avatar)")
-    e.add_argument("--suite", choices=sorted(SUITES), default="reenact", help="what to measure (default: reenact)")
+    e.add_argument("--suite", default="reenact", metavar="NAME",
+                   help=f"what to measure: {', '.join(sorted(SUITES))} or a suite a node pack adds (default: reenact)")
     e.add_argument("--max-frames", type=_pos_int, metavar="N", help="use only the first N frames of each clip")
     e.add_argument("--no-self", action="store_true", help="skip the self-reenactment runs")
     e.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")

@@ -121,6 +121,10 @@ def test_cli_writes_json_and_check_fails_on_missed_targets(clips, tmp_path, caps
     assert main([*args, "--pipeline", "[{node: mirror}]", "--driving", str(clips[0])]) == 1
     assert main(["eval", "--pipeline", "[]", "--driving", str(tmp_path / "nope.mp4")]) == 2
     assert "driving clip not found" in capsys.readouterr().err
+    assert main(["eval", "--pipeline", "[]", "--suite", "nope"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+    assert main(["eval"]) == 2
+    assert "nothing to evaluate" in capsys.readouterr().err
 
 
 def test_a_new_suite_plugs_in(clips):
