@@ -277,3 +277,25 @@ def test_selection_picks_then_keeps_following_the_same_person(select):
         faces = tr.update([b, a], k / 30.0, (480, 640))  # detection order does not matter
         assert faces[0].track_id == chosen
     assert tr.update([], 0.5, (480, 640))[0].state == "held"  # lost: held, still the same person
+
+
+def test_smoothing_on_a_real_clip_halves_jitter_and_keeps_the_expression(shared_data):
+    """woman_talking.mp4, 120 frames: smoothed vs raw mediapipe landmarks."""
+    frames = clip_frames(shared_data / "driving" / "woman_talking.mp4", range(120))
+    det = MeshDetector(static=False, max_faces=1)
+    n = node(size=(512, 512))
+    raw, smooth = [], []
+    try:
+        for i in sorted(frames):
+            r, s = det.detect(frames[i]), run(n, frames[i])
+            assert r and s
+            raw.append(r[0])
+            smooth.append(s[0].landmarks)
+    finally:
+        det.close()
+        n.close()
+    raw, smooth = np.array(raw), np.array(smooth)
+    assert fmx.jitter(smooth) < 0.7 * fmx.jitter(raw)
+    fr, fs = fmx.feature_matrix(raw), fmx.feature_matrix(smooth)
+    rs = [fmx.pearson(fr[:, k], fs[:, k]) for k in range(fr.shape[1])]
+    assert np.mean(rs) > 0.95 and min(rs) > 0.85, dict(zip(fmx.MOTION_FEATURES, np.round(rs, 3), strict=True))
