@@ -14,6 +14,7 @@ float32 in [0, 1] or (H, W) uint8 in 0..255.
 
 from __future__ import annotations
 
+import cv2
 import numba as nb
 import numpy as np
 
@@ -215,58 +216,67 @@ def upsample_tables(src_len: int, dst_len: int) -> tuple[np.ndarray, np.ndarray,
 
 
 @nb.njit(**JIT)
-def _blend_lowres_bg(frame, mask, bg_lo, y0t, y1t, wyt, x0t, x1t, wxt, out):
+def _blend_rows_bg(frame, mask, hup, y0t, y1t, wyt, out):
     h, w = out.shape[0], out.shape[1]
     n = 3 * w
     for blk in nb.prange((h + ROWS - 1) // ROWS):
         a3 = np.empty(n, np.int32)
-        up = np.empty(n, np.uint8)
         for y in range(blk * ROWS, min(h, blk * ROWS + ROWS)):
-            ya, yb = y0t[y], y1t[y]
-            wy = wyt[y]
-            iwy = 256 - wy
             mr = mask[y]
             for x in range(w):
                 a = np.int32(mr[x])
-                xa, xb = x0t[x], x1t[x]
-                wx = wxt[x]
-                iwx = 256 - wx
-                for c in range(3):
-                    top = np.int32(bg_lo[ya, xa, c]) * iwx + np.int32(bg_lo[ya, xb, c]) * wx
-                    bot = np.int32(bg_lo[yb, xa, c]) * iwx + np.int32(bg_lo[yb, xb, c]) * wx
-                    up[3 * x + c] = np.uint8((top * iwy + bot * wy + 32768) >> 16)
-                    a3[3 * x + c] = a
+                a3[3 * x] = a
+                a3[3 * x + 1] = a
+                a3[3 * x + 2] = a
+            top = hup[y0t[y]].reshape(n)
+            bot = hup[y1t[y]].reshape(n)
+            wy = wyt[y]
             fr = frame[y].reshape(n)
-            br = up
             orow = out[y].reshape(n)
-            # flat over the row's 3*W bytes with alpha expanded per byte: LLVM vectorises this
-            # loop; a loop over pixels with an inner 3-channel loop (stride 3) stays scalar (6x slower)
             for i in range(n):
+                b = (np.int32(top[i]) * (256 - wy) + np.int32(bot[i]) * wy + 128) >> 8
                 a = a3[i]
-                v = np.int32(fr[i]) * a + np.int32(br[i]) * (255 - a) + 127
+                v = np.int32(fr[i]) * a + b * (255 - a) + 127
                 orow[i] = np.uint8((v + 1 + (v >> 8)) >> 8)
+
+
+def blend_tables(lo_hw: tuple[int, int], hw: tuple[int, int]) -> tuple:
+    """Buffers and tables for ``blend_lowres_bg_*`` from a low-res (h, w) background to a frame
+    (H, W): the column-resized low-res rows (h, W, 3) uint8 and the row tables of ``upsample_tables``."""
+    y0, y1, wy = upsample_tables(lo_hw[0], hw[0])
+    return np.zeros((lo_hw[0], hw[1], 3), np.uint8), y0, y1, wy
+
+
+def _columns(bg_lo: np.ndarray, hup: np.ndarray) -> np.ndarray:
+    # widening the few low-res rows is cheap glue: OpenCV's SIMD resize (columns only)
+    return cv2.resize(bg_lo, (hup.shape[1], hup.shape[0]), dst=hup, interpolation=cv2.INTER_LINEAR)
 
 
 def blend_lowres_bg_numba(frame: np.ndarray, mask: np.ndarray, bg_lo: np.ndarray, tables: tuple,
                           out: np.ndarray) -> np.ndarray:
     """out = frame over (bg_lo up-sampled bilinearly to the frame size) through the uint8 mask.
-    ``tables`` = upsample_tables(h_lo, H) + upsample_tables(w_lo, W) (6 arrays)."""
+    Separable: the low-res rows are widened to W first (``tables[0]``, OpenCV), then the kernel
+    interpolates between rows at full resolution fused with the blend, so the full-size background
+    is never written. ``tables`` = blend_tables((h_lo, w_lo), (H, W))."""
     check_frame(frame, "frame")
     check_same(frame, out, "frame/out")
     check_frame(bg_lo, "bg_lo")
     if mask.shape != frame.shape[:2] or mask.dtype != np.uint8:
         raise ValueError(f"mask: expected uint8 {frame.shape[:2]}, got {mask.shape} {mask.dtype}")
-    _blend_lowres_bg(frame, mask, bg_lo, *tables, out)
+    hup, y0, y1, wy = tables
+    if hup.shape != (bg_lo.shape[0], frame.shape[1], 3) or len(y0) != frame.shape[0]:
+        raise ValueError(f"tables are for another size: {hup.shape}, bg_lo {bg_lo.shape}, frame {frame.shape}")
+    _blend_rows_bg(frame, mask, _columns(bg_lo, hup), y0, y1, wy, out)
     return out
 
 
 def upsample_ref(bg_lo: np.ndarray, tables: tuple) -> np.ndarray:
-    y0, y1, wy, x0, x1, wx = tables
-    b = bg_lo.astype(np.int32)
-    wx_, wy_ = wx[None, :, None], wy[:, None, None]
-    top = b[y0][:, x0] * (256 - wx_) + b[y0][:, x1] * wx_
-    bot = b[y1][:, x0] * (256 - wx_) + b[y1][:, x1] * wx_
-    return ((top * (256 - wy_) + bot * wy_ + 32768) >> 16).astype(np.uint8)
+    """numpy reference of the up-sampling: OpenCV widens the rows, then rows are interpolated with the
+    kernel's 8-bit weights."""
+    hup, y0, y1, wy = tables
+    v = _columns(bg_lo, hup.copy()).astype(np.int32)
+    wy_ = wy[:, None, None]
+    return ((v[y0] * (256 - wy_) + v[y1] * wy_ + 128) >> 8).astype(np.uint8)
 
 
 def blend_lowres_bg_ref(frame, mask, bg_lo, tables):
@@ -274,15 +284,16 @@ def blend_lowres_bg_ref(frame, mask, bg_lo, tables):
 
 
 def blend_lowres_bg_torch(frame, mask, bg_lo, tables):
+    """torch version: frame/mask tensors on any device; bg_lo a small numpy array (its rows are
+    widened on the host, as the numba path does)."""
     import torch
 
     dev = frame.device
-    y0, y1, wy, x0, x1, wx = (torch.as_tensor(t).to(dev) for t in tables)
-    b = bg_lo.to(torch.int32)
-    wx_, wy_ = wx[None, :, None], wy[:, None, None]
-    top = b[y0][:, x0] * (256 - wx_) + b[y0][:, x1] * wx_
-    bot = b[y1][:, x0] * (256 - wx_) + b[y1][:, x1] * wx_
-    up = ((top * (256 - wy_) + bot * wy_ + 32768) >> 16).to(torch.uint8)
+    hup, y0, y1, wy = tables
+    v = torch.from_numpy(_columns(bg_lo, hup.copy())).to(dev).to(torch.int32)
+    y0, y1, wy = (torch.as_tensor(t).to(dev) for t in (y0, y1, wy))
+    wy_ = wy[:, None, None]
+    up = ((v[y0] * (256 - wy_) + v[y1] * wy_ + 128) >> 8).to(torch.uint8)
     return alpha_over_torch(frame, up, mask)
 
 
@@ -294,5 +305,5 @@ def warmup() -> None:
     place_over_numba(f[:2, :2].copy(), m[:2, :2].copy(), f, 1, 1, np.empty_like(f))
     place_over_numba(f[:2, :2].copy(), m[:2, :2].copy(), f, 1, 1, f)
     lo = np.zeros((2, 2, 3), np.uint8)
-    tables = upsample_tables(2, 4) + upsample_tables(2, 4)
+    tables = blend_tables((2, 2), (4, 4))
     blend_lowres_bg_numba(f, np.zeros((4, 4), np.uint8), lo, tables, np.empty_like(f))
