@@ -7,6 +7,7 @@ import numpy as np
 
 from engine.bench import case
 from engine.cube import load_cube
+from engine.errors import UserError
 from engine.kernels import color as k
 from engine.kernels import lut as lk
 from engine.node import Node, register
@@ -112,7 +113,10 @@ class Lut(Node):
         if not path.is_file():
             raise ParamError(f"`file`: LUT file not found: {self.p['file']!r} (looked for {path}); paths are "
                              "relative to the preset file")
-        self.lut = load_cube(path)  # a bad file is a build-time UserError naming its line
+        try:
+            self.lut = load_cube(path)
+        except UserError as exc:  # keep the .cube file and line in the build-time message
+            raise ParamError(f"`file`: {exc}") from None
         return shapes
 
     def open(self) -> None:
