@@ -161,8 +161,9 @@ class ColorMatch(Node):
     family = "color"
     description = "Match the avatar's colours (mean and contrast per channel) to the live camera or an image."
     inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR: the picture to adjust (e.g. the avatar)"),
-              Port("reference", PortType.FRAME, "(h, w, 3) uint8 BGR: the look to match (wire `source` for the "
-                   "live camera); unused with `image`", optional=True),
+              Port("reference", PortType.FRAME, "(h, w, 3) uint8 BGR: the look to match; wire it explicitly "
+                   "(`inputs: {reference: source}` for the live camera), as unwired it takes the nearest "
+                   "earlier frame; unused with `image`", optional=True),
               Port("mask", PortType.MASK, "(H, W) float32: region of `frame` whose colours are measured "
                    "(e.g. the avatar's mask); the whole frame when not wired", optional=True))
     outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR"),)
@@ -188,8 +189,6 @@ class ColorMatch(Node):
             from .background import check_image_file
 
             self.image_path = check_image_file(self.ctx, "image", self.p["image"], "a reference image")
-        elif "reference" not in in_shapes:
-            raise ParamError("no reference: wire `inputs: {reference: source}` or give `image:`")
         return shapes
 
     def open(self) -> None:
@@ -199,8 +198,8 @@ class ColorMatch(Node):
         lk.warmup()
         h, w = self.out_shapes["frame"]
         self.acc = k.stats_acc(h, STATS_STEP)
-        ref_hw = self.in_shapes.get("reference")
-        self.ref_acc = k.stats_acc(ref_hw[0], STATS_STEP) if ref_hw else None
+        ref_hw = self.in_shapes.get("reference", self.ctx.source_size)
+        self.ref_acc = k.stats_acc(ref_hw[0], STATS_STEP)
         self.ref_stats = None
         if self.image_path is not None:
             img = read_image(self.image_path, "image")
@@ -223,6 +222,9 @@ class ColorMatch(Node):
         src = inputs["frame"]
         mask = inputs.get("mask")
         m, s, wsum = k.masked_stats_numba(src, mask, STATS_STEP, self.acc)
+        if mask is not None and wsum < 0.01 * self.acc.shape[0] * (src.shape[1] // STATS_STEP):
+            # the region is (nearly) empty this frame: measure the whole picture instead
+            m, s, wsum = k.masked_stats_numba(src, None, STATS_STEP, self.acc)
         if wsum > 0:
             self.src_ema = self._ema(self.src_ema, (m, s))
         if self.ref_stats is not None:

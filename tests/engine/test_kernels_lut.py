@@ -27,7 +27,7 @@ def cube_text(n: int, fn, header: str = "") -> str:
     for b in t:
         for g in t:
             for r in t:
-                lines.append("%.6f %.6f %.6f" % fn(r, g, b))
+                lines.append(" ".join(f"{v:.6f}" for v in fn(r, g, b)))
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +82,7 @@ def test_domain_min_max():
 
 
 def test_one_d_lut():
-    lines = ["LUT_1D_SIZE 4"] + ["%f %f %f" % (1 - t, t, t * t) for t in np.linspace(0, 1, 4)]
+    lines = ["LUT_1D_SIZE 4"] + [f"{1 - t:f} {t:f} {t * t:f}" for t in np.linspace(0, 1, 4)]
     lut = parse_cube("\n".join(lines))
     assert not lut.is_3d
     frame = np.array([[[0, 85, 255], [255, 0, 170]]], np.uint8)  # BGR
