@@ -49,10 +49,15 @@ def prepare_3d(table: np.ndarray, domain_min, domain_max, amount: float = 1.0):
     return grid, idx, frac
 
 
-@nb.njit(**JIT)
+# fastmath: lets LLVM fuse multiply-adds; results stay within 1 level of the numpy reference
+JIT_FAST = dict(JIT, fastmath=True)
+
+
+@nb.njit(**JIT_FAST)
 def _lut3d_tetra(src, grid, n, idx, frac, out):
     h, w = src.shape[0], src.shape[1]
     sr, sg, sb = 3, 3 * n, 3 * n * n  # strides of the flat grid [b, g, r, c]
+    s_all = sr + sg + sb
     lo, hi = np.float32(0.0), np.float32(255.0)
     half = np.float32(0.5)
     one = np.float32(1.0)
@@ -63,29 +68,26 @@ def _lut3d_tetra(src, grid, n, idx, frac, out):
             r = np.int64(src[y, x, 2])
             fb, fg, fr = frac[0, b], frac[1, g], frac[2, r]
             base = idx[0, b] * sb + idx[1, g] * sg + idx[2, r] * sr
-            # the tetrahedron holding (fr, fg, fb): corner offsets o1, o2 and weights
-            if fr > fg:
-                if fg > fb:
-                    o1, o2, w0, w1, w2, w3 = sr, sr + sg, one - fr, fr - fg, fg - fb, fb
-                elif fr > fb:
-                    o1, o2, w0, w1, w2, w3 = sr, sr + sb, one - fr, fr - fb, fb - fg, fg
-                else:
-                    o1, o2, w0, w1, w2, w3 = sb, sr + sb, one - fb, fb - fr, fr - fg, fg
-            else:
-                if fb > fg:
-                    o1, o2, w0, w1, w2, w3 = sb, sg + sb, one - fb, fb - fg, fg - fr, fr
-                elif fb > fr:
-                    o1, o2, w0, w1, w2, w3 = sg, sg + sb, one - fg, fg - fb, fb - fr, fr
-                else:
-                    o1, o2, w0, w1, w2, w3 = sg, sr + sg, one - fg, fg - fr, fr - fb, fb
-            o3 = sr + sg + sb
+            # branch-free tetrahedron choice (a 6-way branch mispredicts on camera noise: 1.4x slower):
+            # the path runs from the cell's origin along the axis of the largest fraction, then the
+            # middle one; its corners are origin, +axis(max), +all-axis(min), +all
+            mx = max(fr, max(fg, fb))
+            mn = min(fr, min(fg, fb))
+            md = fr + fg + fb - mx - mn
+            r_max = (fr >= fg) & (fr >= fb)
+            g_max = (~r_max) & (fg >= fb)
+            o1 = sr if r_max else (sg if g_max else sb)
+            b_min = (fb <= fg) & (fb <= fr)
+            g_min = (~b_min) & (fg <= fr)
+            o2 = s_all - (sb if b_min else (sg if g_min else sr))
+            w0, w1, w2 = one - mx, mx - md, md - mn
+            p1, p2, p3 = base + o1, base + o2, base + s_all
             for c in range(3):
-                p = base + c
-                v = w0 * grid[p] + w1 * grid[p + o1] + w2 * grid[p + o2] + w3 * grid[p + o3] + half
+                v = w0 * grid[base + c] + w1 * grid[p1 + c] + w2 * grid[p2 + c] + mn * grid[p3 + c] + half
                 out[y, x, c] = np.uint8(np.int32(min(max(v, lo), hi)))
 
 
-@nb.njit(**JIT)
+@nb.njit(**JIT_FAST)
 def _lut3d_trilinear(src, grid, n, idx, frac, out):
     h, w = src.shape[0], src.shape[1]
     sr, sg, sb = 3, 3 * n, 3 * n * n
