@@ -90,22 +90,24 @@ class LoopingVideo:
 
 
 class GuidedFilter:
-    """He et al.'s guided filter with a grey guide, on preallocated float32 buffers (box filters from
-    OpenCV): the output follows the guide's edges (hair) while keeping the input's values."""
+    """He et al.'s fast guided filter with a grey guide, on preallocated float32 buffers (OpenCV box
+    filters): the linear coefficients are fitted at the mask's low resolution, up-sampled, and applied
+    to the full-detail guide, so the output follows the guide's edges (hair) at a fraction of the cost."""
 
-    def __init__(self, shape: tuple[int, int], radius: int = 4, eps: float = 1e-3):
+    def __init__(self, lo_hw: tuple[int, int], hi_hw: tuple[int, int], radius: int = 2, eps: float = 2e-3):
         self.ksize = (2 * radius + 1, 2 * radius + 1)
         self.eps = np.float32(eps)
-        self.b = {k: np.empty(shape, np.float32) for k in ("mi", "mp", "ip", "ii", "a", "bb", "t")}
+        self.b = {k: np.empty(lo_hw, np.float32) for k in ("mi", "mp", "ip", "ii", "a", "bb", "t")}
+        self.hi = {k: np.empty(hi_hw, np.float32) for k in ("A", "B")}
 
-    def __call__(self, guide: np.ndarray, p: np.ndarray, out: np.ndarray) -> np.ndarray:
-        b, k = self.b, self.ksize
-        cv2.boxFilter(guide, cv2.CV_32F, k, dst=b["mi"], borderType=cv2.BORDER_REFLECT)
-        cv2.boxFilter(p, cv2.CV_32F, k, dst=b["mp"], borderType=cv2.BORDER_REFLECT)
-        np.multiply(guide, p, out=b["t"])
-        cv2.boxFilter(b["t"], cv2.CV_32F, k, dst=b["ip"], borderType=cv2.BORDER_REFLECT)
-        np.multiply(guide, guide, out=b["t"])
-        cv2.boxFilter(b["t"], cv2.CV_32F, k, dst=b["ii"], borderType=cv2.BORDER_REFLECT)
+    def __call__(self, guide_lo: np.ndarray, p: np.ndarray, guide_hi: np.ndarray, out: np.ndarray) -> np.ndarray:
+        b, k, rb = self.b, self.ksize, cv2.BORDER_REFLECT
+        cv2.boxFilter(guide_lo, cv2.CV_32F, k, dst=b["mi"], borderType=rb)
+        cv2.boxFilter(p, cv2.CV_32F, k, dst=b["mp"], borderType=rb)
+        np.multiply(guide_lo, p, out=b["t"])
+        cv2.boxFilter(b["t"], cv2.CV_32F, k, dst=b["ip"], borderType=rb)
+        np.multiply(guide_lo, guide_lo, out=b["t"])
+        cv2.boxFilter(b["t"], cv2.CV_32F, k, dst=b["ii"], borderType=rb)
         # a = cov(I, p) / (var(I) + eps); b = mean(p) - a * mean(I)
         np.multiply(b["mi"], b["mp"], out=b["t"])
         np.subtract(b["ip"], b["t"], out=b["a"])
@@ -115,10 +117,13 @@ class GuidedFilter:
         np.divide(b["a"], b["t"], out=b["a"])
         np.multiply(b["a"], b["mi"], out=b["t"])
         np.subtract(b["mp"], b["t"], out=b["bb"])
-        cv2.boxFilter(b["a"], cv2.CV_32F, k, dst=b["a"], borderType=cv2.BORDER_REFLECT)
-        cv2.boxFilter(b["bb"], cv2.CV_32F, k, dst=b["bb"], borderType=cv2.BORDER_REFLECT)
-        np.multiply(b["a"], guide, out=out)
-        out += b["bb"]
+        cv2.boxFilter(b["a"], cv2.CV_32F, k, dst=b["t"], borderType=rb)
+        cv2.boxFilter(b["bb"], cv2.CV_32F, k, dst=b["a"], borderType=rb)
+        hh, hw = guide_hi.shape
+        cv2.resize(b["t"], (hw, hh), dst=self.hi["A"], interpolation=cv2.INTER_LINEAR)
+        cv2.resize(b["a"], (hw, hh), dst=self.hi["B"], interpolation=cv2.INTER_LINEAR)
+        np.multiply(self.hi["A"], guide_hi, out=out)
+        out += self.hi["B"]
         return out
 
 
@@ -189,6 +194,8 @@ class Background(Node):
         self.half = z((gh, gw, 3), np.uint8)  # the frame at guide resolution
         self.gray = z((gh, gw), np.uint8)
         self.guide = z((gh, gw), np.float32)
+        self.gray_lo = z((sh, sw), np.uint8)
+        self.guide_lo = z((sh, sw), np.float32)
         self.seg_rgb = z((sh, sw, 3), np.uint8)
         self.raw = z((sh, sw), np.float32)  # smoothed segmentation at its own resolution
         self.m_guide = z((gh, gw), np.float32)
@@ -198,7 +205,7 @@ class Background(Node):
         self.low = z((lh, lw, 3), np.uint8)
         self.low_blur = z((lh, lw, 3), np.uint8)
         self.bg_full = z((h, w, 3), np.uint8)
-        self.gf = GuidedFilter((gh, gw), radius=4, eps=2e-3)
+        self.gf = GuidedFilter((sh, sw), (gh, gw), radius=2, eps=2e-3)
         self.tables = kc.blend_tables((lh, lw), (h, w))
         self.video: LoopingVideo | None = None
         self._tt = None
@@ -235,7 +242,7 @@ class Background(Node):
     def _update_mask(self, frame: np.ndarray, mask_out: np.ndarray) -> None:
         gw, gh = self.guide_size
         cv2.resize(frame, (gw, gh), dst=self.half, interpolation=cv2.INTER_AREA)
-        cv2.resize(self.half, self.seg_size, dst=self.seg_rgb, interpolation=cv2.INTER_AREA)
+        cv2.resize(self.half, self.seg_size, dst=self.seg_rgb, interpolation=cv2.INTER_LINEAR)
         cv2.cvtColor(self.seg_rgb, cv2.COLOR_BGR2RGB, dst=self.seg_rgb)
         res = self.seg.process(self.seg_rgb).segmentation_mask
         s = self.p["smoothing"]
@@ -244,12 +251,14 @@ class Background(Node):
         else:
             np.copyto(self.raw, res)
         self.have_mask = True
-        cv2.resize(self.raw, (gw, gh), dst=self.m_guide, interpolation=cv2.INTER_LINEAR)
-        m = self.m_guide
         if self.p["refine_edges"]:
+            cv2.cvtColor(self.seg_rgb, cv2.COLOR_RGB2GRAY, dst=self.gray_lo)
+            np.multiply(self.gray_lo, np.float32(1.0 / 255.0), out=self.guide_lo)
             cv2.cvtColor(self.half, cv2.COLOR_BGR2GRAY, dst=self.gray)
             np.multiply(self.gray, np.float32(1.0 / 255.0), out=self.guide)
-            m = self.gf(self.guide, self.m_guide, self.m_refined)
+            m = self.gf(self.guide_lo, self.raw, self.guide, self.m_refined)
+        else:
+            m = cv2.resize(self.raw, (gw, gh), dst=self.m_guide, interpolation=cv2.INTER_LINEAR)
         # threshold and feather: a linear ramp of width `feather` centred on `threshold`
         thr, fe = self.p["threshold"], max(self.p["feather"], 1e-3)
         m -= np.float32(thr - fe / 2)
