@@ -53,6 +53,15 @@ def prepare_3d(table: np.ndarray, domain_min, domain_max, amount: float = 1.0):
 JIT_FAST = dict(JIT, fastmath=True)
 
 
+@nb.njit(inline="always")
+def _cell(src, y, x, idx, frac, sr, sg, sb):
+    # int64 indices: uint8 indexing makes numba emit slow conversions
+    b = np.int64(src[y, x, 0])
+    g = np.int64(src[y, x, 1])
+    r = np.int64(src[y, x, 2])
+    return frac[0, b], frac[1, g], frac[2, r], idx[0, b] * sb + idx[1, g] * sg + idx[2, r] * sr
+
+
 @nb.njit(**JIT_FAST)
 def _lut3d_tetra(src, grid, n, idx, frac, out):
     h, w = src.shape[0], src.shape[1]
@@ -63,11 +72,7 @@ def _lut3d_tetra(src, grid, n, idx, frac, out):
     one = np.float32(1.0)
     for y in nb.prange(h):
         for x in range(w):
-            b = np.int64(src[y, x, 0])
-            g = np.int64(src[y, x, 1])
-            r = np.int64(src[y, x, 2])
-            fb, fg, fr = frac[0, b], frac[1, g], frac[2, r]
-            base = idx[0, b] * sb + idx[1, g] * sg + idx[2, r] * sr
+            fb, fg, fr, base = _cell(src, y, x, idx, frac, sr, sg, sb)
             # branch-free tetrahedron choice (a 6-way branch mispredicts on camera noise: 1.4x slower):
             # the path runs from the cell's origin along the axis of the largest fraction, then the
             # middle one; its corners are origin, +axis(max), +all-axis(min), +all
@@ -95,11 +100,7 @@ def _lut3d_trilinear(src, grid, n, idx, frac, out):
     half = np.float32(0.5)
     for y in nb.prange(h):
         for x in range(w):
-            b = np.int64(src[y, x, 0])
-            g = np.int64(src[y, x, 1])
-            r = np.int64(src[y, x, 2])
-            fb, fg, fr = frac[0, b], frac[1, g], frac[2, r]
-            base = idx[0, b] * sb + idx[1, g] * sg + idx[2, r] * sr
+            fb, fg, fr, base = _cell(src, y, x, idx, frac, sr, sg, sb)
             for c in range(3):
                 p = base + c
                 c00 = grid[p] + fr * (grid[p + sr] - grid[p])
@@ -131,30 +132,38 @@ def _corners_ref(src, prepared):
     return grid, n, fb[..., None], fg[..., None], fr[..., None], base[..., None] + np.arange(3)
 
 
-def lut3d_ref(src: np.ndarray, prepared: tuple, method: str = "tetrahedral") -> np.ndarray:
-    """numpy reference of ``lut3d_numba`` (same float32 maths, vectorised)."""
-    grid, n, fb, fg, fr, p = _corners_ref(src, prepared)
+def _interp_vectorised(grid, p, fb, fg, fr, method, where, zeros_like, one):
+    """The kernels' maths on whole arrays, for numpy (reference) and torch alike: ``p`` holds each
+    pixel's grid offsets (..., 3), f* the fractions (..., 1)."""
+    n3 = grid.shape[0] // 3
+    n = round(n3 ** (1.0 / 3.0))
     sr, sg, sb = 3, 3 * n, 3 * n * n
     if method == "tetrahedral":
-        one = np.float32(1.0)
-        conds = [(fr > fg) & (fg > fb), (fr > fg) & ~(fg > fb) & (fr > fb), (fr > fg) & ~(fg > fb) & ~(fr > fb),
-                 ~(fr > fg) & (fb > fg), ~(fr > fg) & ~(fb > fg) & (fb > fr), ~(fr > fg) & ~(fb > fg) & ~(fb > fr)]
+        a, b_, c_, d_, e_ = fr > fg, fg > fb, fr > fb, fb > fg, fb > fr
+        conds = [a & b_, a & ~b_ & c_, a & ~b_ & ~c_, ~a & d_, ~a & ~d_ & e_, ~a & ~d_ & ~e_]
         cases = [(sr, sr + sg, one - fr, fr - fg, fg - fb, fb), (sr, sr + sb, one - fr, fr - fb, fb - fg, fg),
                  (sb, sr + sb, one - fb, fb - fr, fr - fg, fg), (sb, sg + sb, one - fb, fb - fg, fg - fr, fr),
                  (sg, sg + sb, one - fg, fg - fb, fb - fr, fr), (sg, sr + sg, one - fg, fg - fr, fr - fb, fb)]
-        v = np.zeros(p.shape, np.float32)
+        v = zeros_like(p)
         o3 = sr + sg + sb
         for cond, (o1, o2, w0, w1, w2, w3) in zip(conds, cases, strict=True):
             vv = w0 * grid[p] + w1 * grid[p + o1] + w2 * grid[p + o2] + w3 * grid[p + o3]
-            v = np.where(cond, vv, v)
-    else:
-        c00 = grid[p] + fr * (grid[p + sr] - grid[p])
-        c10 = grid[p + sg] + fr * (grid[p + sg + sr] - grid[p + sg])
-        c01 = grid[p + sb] + fr * (grid[p + sb + sr] - grid[p + sb])
-        c11 = grid[p + sb + sg] + fr * (grid[p + sb + sg + sr] - grid[p + sb + sg])
-        c0 = c00 + fg * (c10 - c00)
-        c1 = c01 + fg * (c11 - c01)
-        v = c0 + fb * (c1 - c0)
+            v = where(cond, vv, v)
+        return v
+    c00 = grid[p] + fr * (grid[p + sr] - grid[p])
+    c10 = grid[p + sg] + fr * (grid[p + sg + sr] - grid[p + sg])
+    c01 = grid[p + sb] + fr * (grid[p + sb + sr] - grid[p + sb])
+    c11 = grid[p + sb + sg] + fr * (grid[p + sb + sg + sr] - grid[p + sb + sg])
+    c0 = c00 + fg * (c10 - c00)
+    c1 = c01 + fg * (c11 - c01)
+    return c0 + fb * (c1 - c0)
+
+
+def lut3d_ref(src: np.ndarray, prepared: tuple, method: str = "tetrahedral") -> np.ndarray:
+    """numpy reference of ``lut3d_numba`` (same float32 maths, vectorised)."""
+    grid, _, fb, fg, fr, p = _corners_ref(src, prepared)
+    v = _interp_vectorised(grid, p, fb, fg, fr, method, np.where, lambda a: np.zeros(a.shape, np.float32),
+                           np.float32(1.0))
     return np.clip(v + np.float32(0.5), 0, 255).astype(np.uint8)
 
 
@@ -169,28 +178,9 @@ def lut3d_torch(src, prepared_t: tuple, method: str = "tetrahedral"):
     fb, fg, fr = (frac[i][s[..., i]].unsqueeze(-1) for i in range(3))
     p = (idx[0][s[..., 0]] * 3 * n * n + idx[1][s[..., 1]] * 3 * n + idx[2][s[..., 2]] * 3).unsqueeze(-1) + \
         torch.arange(3, device=src.device)
-    sr, sg, sb = 3, 3 * n, 3 * n * n
-    if method == "tetrahedral":
-        one = torch.ones((), dtype=torch.float32, device=src.device)
-        a, b_, c_ = fr > fg, fg > fb, fr > fb
-        d_, e_ = fb > fg, fb > fr
-        conds = [a & b_, a & ~b_ & c_, a & ~b_ & ~c_, ~a & d_, ~a & ~d_ & e_, ~a & ~d_ & ~e_]
-        cases = [(sr, sr + sg, one - fr, fr - fg, fg - fb, fb), (sr, sr + sb, one - fr, fr - fb, fb - fg, fg),
-                 (sb, sr + sb, one - fb, fb - fr, fr - fg, fg), (sb, sg + sb, one - fb, fb - fg, fg - fr, fr),
-                 (sg, sg + sb, one - fg, fg - fb, fb - fr, fr), (sg, sr + sg, one - fg, fg - fr, fr - fb, fb)]
-        v = torch.zeros(p.shape, dtype=torch.float32, device=src.device)
-        o3 = sr + sg + sb
-        for cond, (o1, o2, w0, w1, w2, w3) in zip(conds, cases, strict=True):
-            vv = w0 * grid[p] + w1 * grid[p + o1] + w2 * grid[p + o2] + w3 * grid[p + o3]
-            v = torch.where(cond, vv, v)
-    else:
-        c00 = grid[p] + fr * (grid[p + sr] - grid[p])
-        c10 = grid[p + sg] + fr * (grid[p + sg + sr] - grid[p + sg])
-        c01 = grid[p + sb] + fr * (grid[p + sb + sr] - grid[p + sb])
-        c11 = grid[p + sb + sg] + fr * (grid[p + sb + sg + sr] - grid[p + sb + sg])
-        c0 = c00 + fg * (c10 - c00)
-        c1 = c01 + fg * (c11 - c01)
-        v = c0 + fb * (c1 - c0)
+    one = torch.ones((), dtype=torch.float32, device=src.device)
+    v = _interp_vectorised(grid, p, fb, fg, fr, method, torch.where,
+                           lambda a: torch.zeros(a.shape, dtype=torch.float32, device=src.device), one)
     return (v + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
