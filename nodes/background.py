@@ -239,9 +239,9 @@ class Background(Node):
             self.video = None
 
     # ---- per frame ------------------------------------------------------------------------------
-    def _update_mask(self, frame: np.ndarray, mask_out: np.ndarray) -> None:
+    def _update_mask(self, mask_out: np.ndarray) -> None:
+        """New mask from ``self.half`` (this frame at guide resolution) into ``mask_out`` and ``mask_u8``."""
         gw, gh = self.guide_size
-        cv2.resize(frame, (gw, gh), dst=self.half, interpolation=cv2.INTER_AREA)
         cv2.resize(self.half, self.seg_size, dst=self.seg_rgb, interpolation=cv2.INTER_LINEAR)
         cv2.cvtColor(self.seg_rgb, cv2.COLOR_BGR2RGB, dst=self.seg_rgb)
         res = self.seg.process(self.seg_rgb).segmentation_mask
@@ -272,10 +272,13 @@ class Background(Node):
 
     def process(self, inputs, out) -> None:
         frame = inputs["frame"]
-        if self.count % self.p["mask_every"] == 0 or not self.have_mask:
-            self._update_mask(frame, out["mask"])
-        self.count += 1
         mode = self.p["mode"]
+        new_mask = self.count % self.p["mask_every"] == 0 or not self.have_mask
+        if new_mask or mode == "blur":
+            cv2.resize(frame, self.guide_size, dst=self.half, interpolation=cv2.INTER_AREA)
+        if new_mask:
+            self._update_mask(out["mask"])
+        self.count += 1
         dst = out["frame"]
         if mode == "none":
             np.copyto(dst, frame)
@@ -285,8 +288,7 @@ class Background(Node):
             return
         if mode == "blur":
             lw, lh = self.low_size
-            cv2.resize(frame if not self.have_mask else self.half, (lw, lh), dst=self.low,
-                       interpolation=cv2.INTER_AREA)
+            cv2.resize(self.half, (lw, lh), dst=self.low, interpolation=cv2.INTER_AREA)
             sigma = self.p["strength"] * lw / self.hw[1]
             cv2.GaussianBlur(self.low, (0, 0), sigma, dst=self.low_blur)
             kc.blend_lowres_bg_numba(frame, self.mask_u8, self.low_blur, self.tables, dst)
@@ -323,7 +325,7 @@ class ChromaKey(Node):
                Port("mask", PortType.MASK, "(H, W) float32 0..1, 1 = keep (not the key colour)"))
     params = (
         Param("key_color", "color", "#00ff00", "the screen's colour (pick it from your camera image)"),
-        Param("similarity", "float", 0.4, "how far from the key colour still counts as screen (as OBS, /1000)",
+        Param("similarity", "float", 0.4, "how far from the key colour still counts as screen (OBS's slider / 1000)",
               min=0.0, max=1.0, step=0.02),
         Param("smoothness", "float", 0.08, "width of the soft edge after `similarity`", min=0.001, max=1.0,
               step=0.01),

@@ -165,7 +165,8 @@ class ColorMatch(Node):
                    "(`inputs: {reference: source}` for the live camera), as unwired it takes the nearest "
                    "earlier frame; unused with `image`", optional=True),
               Port("mask", PortType.MASK, "(H, W) float32: region of `frame` whose colours are measured "
-                   "(e.g. the avatar's mask); the whole frame when not wired", optional=True))
+                   "(e.g. the avatar's mask); unwired it takes the nearest earlier mask; an empty region (or none) "
+                   "measures the whole frame", optional=True))
     outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR"),)
     params = (
         Param("image", "path", None, "reference image instead of the `reference` input (relative to the preset)",

@@ -45,7 +45,8 @@ class Composite(Node):
     inputs = (Port("background", PortType.FRAME, "(H, W, 3) uint8 BGR: what goes behind"),
               Port("foreground", PortType.FRAME, "(h, w, 3) uint8 BGR: what goes on top"),
               Port("mask", PortType.MASK, "(h, w) float32 0..1, the foreground's opacity (same size as "
-                   "foreground); not wired: the whole foreground rectangle", optional=True))
+                   "foreground); unwired it takes the nearest earlier mask, or the whole rectangle when there "
+                   "is none", optional=True))
     outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR, the background's size"),)
     params = (
         Param("scale", "float", 1.0, "foreground size: 1 = fitted to the background (aspect kept)", min=0.05,

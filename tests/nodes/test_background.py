@@ -180,3 +180,11 @@ def test_chroma_key_node_outputs_frame_and_mask(tmp_path):
         mask = g.run_by_id["chroma_key"].out["mask"]
     assert (mask[:, :64] == 0).all() and (mask[:, 64:] == 1).all()
     assert np.array_equal(out[:, 64:], f[:, 64:])
+
+
+def test_blur_follows_the_current_frame_between_mask_updates(tmp_path):
+    g = build("name: t\npipeline:\n  - node: background\n    mask_every: 2\n", tmp_path)
+    with g:
+        for value in (40, 90, 160, 220):  # frames 1 and 3 reuse the mask but not the picture
+            out = g.process(flat(value=(value, value, value)), strict=True)
+            assert np.abs(out.astype(int) - value).max() <= 1, value
