@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from engine.bench import case
-from engine.errors import UserError, Where
+from engine.errors import CommandError, UserError, Where
 from engine.graph import fit_into
 from engine.kernels import color as ck
 from engine.kernels import composite as kc
@@ -166,9 +166,10 @@ class Background(Node):
         shapes = super().configure(in_shapes)
         mode = self.p["mode"]
         self.image_path = self.video_path = None
-        if mode == "image":
+        # files given are checked (and later loaded) whatever the mode, so a live mode switch can use them
+        if mode == "image" or self.p["image"]:
             self.image_path = check_image_file(self.ctx, "image", self.p["image"], "mode image")
-        elif mode == "video":
+        if mode == "video" or self.p["video"]:
             if not self.p["video"]:
                 raise ParamError("`video` is needed for mode video: give a video file")
             self.video_path = self.ctx.resolve(self.p["video"])
@@ -208,23 +209,31 @@ class Background(Node):
         self.gf = GuidedFilter((sh, sw), (gh, gw), radius=2, eps=2e-3)
         self.tables = kc.blend_tables((lh, lw), (h, w))
         self.video: LoopingVideo | None = None
+        self.image: np.ndarray | None = None
         self._tt = None
         self.count = 0
         self.have_mask = False
-        if self.p["mode"] == "image":
-            fit_into(read_image(self.image_path, "image"), self.bg_full, self.p["fit"])
-        elif self.p["mode"] == "video":
+        if self.image_path is not None:
+            self.image = read_image(self.image_path, "image")
+        if self.video_path is not None:
             self.video = LoopingVideo(self.video_path)
-        self.params_changed(set())
+        self._mode = self.p["mode"]
+        self.params_changed({"mode"})
         # warm up mediapipe's graph once (its first call initialises the model)
         self.seg.process(self.seg_rgb)
 
     def params_changed(self, names) -> None:
-        if self.p["mode"] == "color":
+        mode = self.p["mode"]
+        if mode in ("image", "video") and getattr(self, mode) is None:
+            self.p["mode"] = self._mode  # refused: keep running as before
+            raise CommandError(f"{self.id}: mode {mode} needs `{mode}:` in the preset (files load at start)",
+                               hint="add it to the preset and reload")
+        self._mode = mode
+        if mode == "color":
             r, g, b = self.p["color"]
             self.bg_full[...] = (b, g, r)
-        elif "fit" in names and self.p["mode"] == "image":
-            fit_into(read_image(self.image_path, "image"), self.bg_full, self.p["fit"])
+        elif mode == "image" and names & {"mode", "fit"}:
+            fit_into(self.image, self.bg_full, self.p["fit"])
 
     def reset(self) -> None:
         self.count = 0

@@ -188,3 +188,21 @@ def test_blur_follows_the_current_frame_between_mask_updates(tmp_path):
         for value in (40, 90, 160, 220):  # frames 1 and 3 reuse the mask but not the picture
             out = g.process(flat(value=(value, value, value)), strict=True)
             assert np.abs(out.astype(int) - value).max() <= 1, value
+
+
+def test_live_mode_switch_uses_files_given_and_refuses_missing_ones(tmp_path):
+    from engine.errors import CommandError
+
+    cv2.imwrite(str(tmp_path / "bg.png"), np.full((30, 40, 3), (0, 0, 200), np.uint8))
+    g = build("name: t\npipeline:\n  - node: background\n    mode: color\n    color: '#0000ff'\n"
+              "    image: bg.png\n", tmp_path)
+    with g:
+        node = g.run_by_id["background"].node
+        assert (g.process(flat(), strict=True) == (255, 0, 0)).all()
+        node.set_param("mode", "image")
+        assert (g.process(flat(), strict=True) == (0, 0, 200)).all()
+        node.set_param("mode", "color")
+        assert (g.process(flat(), strict=True) == (255, 0, 0)).all()
+        with pytest.raises(CommandError, match="mode video needs `video:`"):
+            node.set_param("mode", "video")
+        assert node.p["mode"] == "color"
