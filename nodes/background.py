@@ -208,6 +208,7 @@ class Background(Node):
         self.bg_full = z((h, w, 3), np.uint8)
         self.gf = GuidedFilter((sh, sw), (gh, gw), radius=2, eps=2e-3)
         self.tables = kc.blend_tables((lh, lw), (h, w))
+        self.scratch = kc.row_scratch(w)
         self.video: LoopingVideo | None = None
         self.image: np.ndarray | None = None
         self._tt = None
@@ -304,7 +305,7 @@ class Background(Node):
             return
         if mode == "video":
             fit_into(self.video.read(), self.bg_full, self.p["fit"])
-        kc.alpha_over_numba(frame, self.bg_full, self.mask_u8, dst)
+        kc.alpha_over_numba(frame, self.bg_full, self.mask_u8, dst, scratch=self.scratch)
 
     def _process_torch(self, frame, dst, mode) -> None:
         import torch

@@ -200,7 +200,8 @@ def _bench_alpha_over():
     # and writes N, so the same traffic is a copy of half of it
     n = (fg.nbytes + bg.nbytes + mask.nbytes + out.nbytes) // 2
     a, b = np.ones(n, np.uint8), np.zeros(n, np.uint8)
-    return {AO: lambda: kc.alpha_over_numba(fg, bg, mask, out),
+    scratch = kc.row_scratch(1920)
+    return {AO: lambda: kc.alpha_over_numba(fg, bg, mask, out, scratch=scratch),
             CV: lambda: cv2.blendLinear(fg, bg, mask, w2, dst=out_cv),
             NP: lambda: kc.alpha_over_naive(fg, bg, mask),
             CP: lambda: np.copyto(b, a)}

@@ -56,7 +56,8 @@ def main() -> int:
     lk.warmup()
     n = (fg.nbytes * 3 + mask.nbytes) // 2
     a, b = np.ones(n, np.uint8), np.zeros(n, np.uint8)
-    r = {"alpha_over numba": cpu_ms(lambda: kc.alpha_over_numba(fg, bg, mask, out)),
+    scratch = kc.row_scratch(1920)
+    r = {"alpha_over numba": cpu_ms(lambda: kc.alpha_over_numba(fg, bg, mask, out, scratch=scratch)),
          "cv2.blendLinear": cpu_ms(lambda: cv2.blendLinear(fg, bg, mask, w2, dst=out)),
          "numpy expression": cpu_ms(lambda: kc.alpha_over_naive(fg, bg, mask), 5),
          "memcpy same bytes": cpu_ms(lambda: np.copyto(b, a))}

@@ -26,16 +26,31 @@ def _div255(v):
     return (v + 1 + (v >> 8)) >> 8
 
 
-ROWS = 8  # rows per parallel work item: each item allocates its row scratch once
+ROWS = 8  # rows per parallel work item
+
+
+def row_scratch(width: int) -> np.ndarray:
+    """Per-worker-thread row scratch for the alpha-over kernels: (threads, 3 * width) int32. A node
+    allocates it once in open() and passes it on every call (no allocation per frame); two kernels
+    running at the same time need two scratches."""
+    return np.empty((nb.config.NUMBA_NUM_THREADS, 3 * width), np.int32)
+
+
+def _check_scratch(scratch, width):
+    if scratch is None:
+        return row_scratch(width)
+    if scratch.shape != (nb.config.NUMBA_NUM_THREADS, 3 * width) or scratch.dtype != np.int32:
+        raise ValueError(f"scratch: expected row_scratch({width}), got {scratch.shape} {scratch.dtype}")
+    return scratch
 
 
 @nb.njit(**JIT)
-def _alpha_over(fg, bg, mask, scale, out):
+def _alpha_over(fg, bg, mask, scale, scratch, out):
     # float32 masks: scale = 255 * opacity; uint8 masks: scale = 1 (m * 1 + 0.5 truncates back to m)
     h, w = out.shape[0], out.shape[1]
     n = 3 * w
     for blk in nb.prange((h + ROWS - 1) // ROWS):
-        a3 = np.empty(n, np.int32)
+        a3 = scratch[nb.get_thread_id()]  # this worker thread's row of alpha per byte
         for y in range(blk * ROWS, min(h, blk * ROWS + ROWS)):
             mr = mask[y]
             for x in range(w):
@@ -63,18 +78,19 @@ def _alpha8_ref(mask: np.ndarray, opacity: float = 1.0) -> np.ndarray:
 
 
 def alpha_over_numba(fg: np.ndarray, bg: np.ndarray, mask: np.ndarray, out: np.ndarray,
-                     opacity: float = 1.0) -> np.ndarray:
+                     opacity: float = 1.0, scratch: np.ndarray | None = None) -> np.ndarray:
     """out = fg over bg through mask (float32 0..1 scaled by opacity, or uint8 0..255; opacity is
-    ignored for uint8 masks: fold it into the mask). ``out`` may be ``bg`` (in place)."""
+    ignored for uint8 masks: fold it into the mask). ``out`` may be ``bg`` (in place). ``scratch``:
+    ``row_scratch(W)``, owned by the caller (allocated here when None)."""
     check_frame(fg, "fg")
     check_same(fg, bg, "fg/bg")
     check_same(fg, out, "fg/out")
     if mask.shape != fg.shape[:2] or not mask.flags.c_contiguous:
         raise ValueError(f"mask: expected C-contiguous {fg.shape[:2]}, got {mask.shape}")
     if mask.dtype == np.uint8:
-        _alpha_over(fg, bg, mask, np.float32(1.0), out)
+        _alpha_over(fg, bg, mask, np.float32(1.0), _check_scratch(scratch, fg.shape[1]), out)
     elif mask.dtype == np.float32:
-        _alpha_over(fg, bg, mask, np.float32(255.0 * opacity), out)
+        _alpha_over(fg, bg, mask, np.float32(255.0 * opacity), _check_scratch(scratch, fg.shape[1]), out)
     else:
         raise ValueError(f"mask: expected float32 or uint8, got {mask.dtype}")
     return out
@@ -193,11 +209,11 @@ def upsample_tables(src_len: int, dst_len: int) -> tuple[np.ndarray, np.ndarray,
 
 
 @nb.njit(**JIT)
-def _blend_rows_bg(frame, mask, hup, y0t, y1t, wyt, out):
+def _blend_rows_bg(frame, mask, hup, y0t, y1t, wyt, scratch, out):
     h, w = out.shape[0], out.shape[1]
     n = 3 * w
     for blk in nb.prange((h + ROWS - 1) // ROWS):
-        a3 = np.empty(n, np.int32)
+        a3 = scratch[nb.get_thread_id()]  # this worker thread's row of alpha per byte
         for y in range(blk * ROWS, min(h, blk * ROWS + ROWS)):
             mr = mask[y]
             for x in range(w):
@@ -219,9 +235,10 @@ def _blend_rows_bg(frame, mask, hup, y0t, y1t, wyt, out):
 
 def blend_tables(lo_hw: tuple[int, int], hw: tuple[int, int]) -> tuple:
     """Buffers and tables for ``blend_lowres_bg_*`` from a low-res (h, w) background to a frame
-    (H, W): the column-resized low-res rows (h, W, 3) uint8 and the row tables of ``upsample_tables``."""
+    (H, W): the column-resized low-res rows (h, W, 3) uint8, the row tables of ``upsample_tables``
+    and the kernel's ``row_scratch``. Owned by one caller (a node allocates them in open())."""
     y0, y1, wy = upsample_tables(lo_hw[0], hw[0])
-    return np.zeros((lo_hw[0], hw[1], 3), np.uint8), y0, y1, wy
+    return np.zeros((lo_hw[0], hw[1], 3), np.uint8), y0, y1, wy, row_scratch(hw[1])
 
 
 def _columns(bg_lo: np.ndarray, hup: np.ndarray) -> np.ndarray:
@@ -240,17 +257,17 @@ def blend_lowres_bg_numba(frame: np.ndarray, mask: np.ndarray, bg_lo: np.ndarray
     check_frame(bg_lo, "bg_lo")
     if mask.shape != frame.shape[:2] or mask.dtype != np.uint8:
         raise ValueError(f"mask: expected uint8 {frame.shape[:2]}, got {mask.shape} {mask.dtype}")
-    hup, y0, y1, wy = tables
+    hup, y0, y1, wy, scratch = tables
     if hup.shape != (bg_lo.shape[0], frame.shape[1], 3) or len(y0) != frame.shape[0]:
         raise ValueError(f"tables are for another size: {hup.shape}, bg_lo {bg_lo.shape}, frame {frame.shape}")
-    _blend_rows_bg(frame, mask, _columns(bg_lo, hup), y0, y1, wy, out)
+    _blend_rows_bg(frame, mask, _columns(bg_lo, hup), y0, y1, wy, _check_scratch(scratch, frame.shape[1]), out)
     return out
 
 
 def upsample_ref(bg_lo: np.ndarray, tables: tuple) -> np.ndarray:
     """numpy reference of the up-sampling: OpenCV widens the rows, then rows are interpolated with the
     kernel's 8-bit weights."""
-    hup, y0, y1, wy = tables
+    hup, y0, y1, wy, _ = tables
     v = _columns(bg_lo, hup.copy()).astype(np.int32)
     wy_ = wy[:, None, None]
     return ((v[y0] * (256 - wy_) + v[y1] * wy_ + 128) >> 8).astype(np.uint8)
@@ -266,7 +283,7 @@ def blend_lowres_bg_torch(frame, mask, bg_lo, tables):
     import torch
 
     dev = frame.device
-    hup, y0, y1, wy = tables
+    hup, y0, y1, wy, _ = tables
     v = torch.from_numpy(_columns(bg_lo, hup.copy())).to(dev).to(torch.int32)
     y0, y1, wy = (torch.as_tensor(t).to(dev) for t in (y0, y1, wy))
     wy_ = wy[:, None, None]

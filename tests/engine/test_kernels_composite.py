@@ -154,6 +154,6 @@ def test_kernel_py_func_matches_on_tiny_input():
     bg = rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)
     m = rng.random((3, 4), dtype=np.float32)
     a, b = np.empty_like(fg), np.empty_like(fg)
-    kc._alpha_over(fg, bg, m, np.float32(255.0), a)
-    kc._alpha_over.py_func(fg, bg, m, np.float32(255.0), b)
+    kc._alpha_over(fg, bg, m, np.float32(255.0), kc.row_scratch(4), a)
+    kc._alpha_over.py_func(fg, bg, m, np.float32(255.0), kc.row_scratch(4), b)
     assert np.array_equal(a, b)
