@@ -1,4 +1,5 @@
-"""Colour kernels: a per-channel tone curve (256-entry table) followed by a 3x3 matrix and offset.
+"""Colour kernels: a per-channel tone curve (256-entry table) followed by a 3x3 matrix and offset;
+OBS's chroma key (mask + spill suppression); masked per-channel colour statistics (colour matching).
 
 This one shape covers OBS's Color Correction filter (gamma, contrast, brightness, saturation, hue,
 opacity): gamma becomes the table, the rest folds into the matrix. Frames are BGR uint8.
