@@ -44,21 +44,25 @@ def _check_scratch(scratch, width):
     return scratch
 
 
+@nb.njit(inline="always")
+def _expand_alpha(mask_row, scale, a3):
+    # one alpha per byte of the row: a = clamp(round(m * scale)); float32 masks pass 255 * opacity,
+    # uint8 masks pass 1 (m * 1 + 0.5 truncates back to m)
+    for x in range(mask_row.shape[0]):
+        a = min(max(np.int32(mask_row[x] * scale + np.float32(0.5)), 0), 255)
+        a3[3 * x] = a
+        a3[3 * x + 1] = a
+        a3[3 * x + 2] = a
+
+
 @nb.njit(**JIT)
 def _alpha_over(fg, bg, mask, scale, scratch, out):
-    # float32 masks: scale = 255 * opacity; uint8 masks: scale = 1 (m * 1 + 0.5 truncates back to m)
     h, w = out.shape[0], out.shape[1]
     n = 3 * w
     for blk in nb.prange((h + ROWS - 1) // ROWS):
         a3 = scratch[nb.get_thread_id()]  # this worker thread's row of alpha per byte
         for y in range(blk * ROWS, min(h, blk * ROWS + ROWS)):
-            mr = mask[y]
-            for x in range(w):
-                a = np.int32(mr[x] * scale + np.float32(0.5))
-                a = min(max(a, 0), 255)
-                a3[3 * x] = a
-                a3[3 * x + 1] = a
-                a3[3 * x + 2] = a
+            _expand_alpha(mask[y], scale, a3)
             fr = fg[y].reshape(n)
             br = bg[y].reshape(n)
             orow = out[y].reshape(n)
@@ -215,12 +219,7 @@ def _blend_rows_bg(frame, mask, hup, y0t, y1t, wyt, scratch, out):
     for blk in nb.prange((h + ROWS - 1) // ROWS):
         a3 = scratch[nb.get_thread_id()]  # this worker thread's row of alpha per byte
         for y in range(blk * ROWS, min(h, blk * ROWS + ROWS)):
-            mr = mask[y]
-            for x in range(w):
-                a = np.int32(mr[x])
-                a3[3 * x] = a
-                a3[3 * x + 1] = a
-                a3[3 * x + 2] = a
+            _expand_alpha(mask[y], np.float32(1.0), a3)
             top = hup[y0t[y]].reshape(n)
             bot = hup[y1t[y]].reshape(n)
             wy = wyt[y]
