@@ -66,7 +66,7 @@ class ColorAdjust(Node):
 
 def film_look_table(n: int = 33) -> np.ndarray:
     """The shipped 'warm film' look as an (n, n, n, 3) [b, g, r, rgb] table in 0..1: a gentle S-curve,
-    teal shadows, warm highlights, a touch less saturation. ``scripts/make_preset_assets.py`` writes it
+    teal shadows, warm highlights, a touch less saturation. ``presets/assets/make_assets.py`` writes it
     to ``presets/assets/warm_film.cube``."""
     from engine.cube import identity_table
 

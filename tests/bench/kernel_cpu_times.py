@@ -4,7 +4,7 @@
 processes. CPU time of a single-threaded run does not wait for them, so it is a load-independent
 estimate of the work (on an idle 2-core machine expect about half of it for the parallel kernels).
 
-    NUMBA_NUM_THREADS=1 python scripts/kernel_cpu_times.py
+    NUMBA_NUM_THREADS=1 python tests/bench/kernel_cpu_times.py
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402

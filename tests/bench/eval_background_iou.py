@@ -1,8 +1,8 @@
 """Quality check for the ``background`` node: its person mask against chroma-keying the same frames of
 a green-screen clip (mean IoU; the issue's target is >= 0.95).
 
-    python scripts/eval_background_iou.py                      # ../shared/data/driving/greenscreen_man.mp4
-    python scripts/eval_background_iou.py CLIP.mp4 --model general --mask-every 2 --step 1
+    python tests/bench/eval_background_iou.py                      # ../shared/data/driving/greenscreen_man.mp4
+    python tests/bench/eval_background_iou.py CLIP.mp4 --model general --mask-every 2 --step 1
 
 See ``nodes.background.person_mask_iou`` for what is compared (key colour from the top rows,
 letterbox bars left out).
@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from nodes.background import person_mask_iou  # noqa: E402

@@ -4,7 +4,7 @@
 - ``studio_backdrop.png``: a 1280x720 soft studio backdrop (gradient, vignette, bokeh dots);
 - ``live_badge.png``: a 'LIVE' badge with transparency, for the overlay node.
 
-Run from the repository root: ``python scripts/make_preset_assets.py`` (deterministic output).
+Run from the repository root: ``python presets/assets/make_assets.py`` (deterministic output).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from engine.cube import write_cube  # noqa: E402
