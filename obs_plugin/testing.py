@@ -46,6 +46,41 @@ def obs_installed() -> tuple[bool, str]:
     return True, ""
 
 
+def start_xvfb(screen: str = "1280x720x24", stderr: Path | None = None,
+               timeout: float = 15.0) -> tuple[subprocess.Popen, str]:
+    """Start ``Xvfb -displayfd`` (the X server picks a free display and writes its number when it is
+    ready, so parallel users never collide). Returns (process, ":N"); the caller terminates it."""
+    import select
+
+    r, w = os.pipe()
+    err = open(stderr, "wb") if stderr is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", screen, "-nolisten", "tcp"],
+                                pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=err)
+    finally:
+        os.close(w)
+        if stderr is not None:
+            err.close()
+    try:
+        buf = b""
+        t_end = time.monotonic() + timeout
+        while not buf.endswith(b"\n"):
+            ready, _, _ = select.select([r], [], [], max(0.0, t_end - time.monotonic()))
+            if not ready:
+                raise RuntimeError(f"Xvfb gave no display number in {timeout:.0f} s")
+            chunk = os.read(r, 64)
+            if not chunk:
+                raise RuntimeError(f"Xvfb exited ({proc.poll()})" + (f", see {stderr}" if stderr else ""))
+            buf += chunk
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        os.close(r)
+    return proc, ":" + buf.decode().strip()
+
+
 class HeadlessObs:
     """A real OBS Studio on its own Xvfb display, websocket on ``port`` with ``password``."""
 
@@ -93,27 +128,7 @@ class HeadlessObs:
 
     # ---- processes -----------------------------------------------------------------------------
     def start_xvfb(self, timeout: float = 15.0) -> None:
-        r, w = os.pipe()
-        self.xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(w), "-screen", "0", "1280x720x24", "-nolisten", "tcp"],
-                                     pass_fds=(w,), stdout=subprocess.DEVNULL,
-                                     stderr=open(self.dir / "logs" / "xvfb.log", "wb"))
-        os.close(w)
-        try:
-            buf = b""
-            t_end = time.monotonic() + timeout
-            import select
-
-            while not buf.endswith(b"\n"):
-                ready, _, _ = select.select([r], [], [], max(0.0, t_end - time.monotonic()))
-                if not ready:
-                    raise RuntimeError(f"Xvfb gave no display number in {timeout:.0f} s")
-                chunk = os.read(r, 64)
-                if not chunk:
-                    raise RuntimeError(f"Xvfb exited ({self.xvfb.poll()}), see {self.dir / 'logs' / 'xvfb.log'}")
-                buf += chunk
-        finally:
-            os.close(r)
-        self.display = ":" + buf.decode().strip()
+        self.xvfb, self.display = start_xvfb(stderr=self.dir / "logs" / "xvfb.log", timeout=timeout)
 
     def env(self) -> dict:
         d = self.dir
