@@ -342,13 +342,16 @@ class HotkeyListener:
         self.bus = bus
         self._listener = None
         self.presses = 0
+        self.why = ""  # why the listener is not running (or a caveat when it is)
 
-    def start(self) -> bool:
-        """Start listening. False (with the reason logged) when this session has no usable keyboard hook:
-        the engine runs on without hotkeys."""
+    def start(self, quiet: bool = False) -> bool:
+        """Start listening. False when this session has no usable keyboard hook (the reason is in ``why``,
+        and logged unless ``quiet``): the engine runs on without hotkeys."""
         ok, why = availability()
+        self.why = why
         if not ok:
-            log.warning("global hotkeys are off: %s", why)
+            if not quiet:
+                log.warning("global hotkeys are off: %s", why)
             return False
         if why:
             log.warning("%s", why)
@@ -358,7 +361,9 @@ class HotkeyListener:
             listener.start()
             listener.wait()
         except Exception as exc:
-            log.warning("global hotkeys are off: the keyboard listener failed to start: %s", exc)
+            self.why = f"the keyboard listener failed to start: {exc}"
+            if not quiet:
+                log.warning("global hotkeys are off: %s", self.why)
             return False
         self._listener = listener
         if sys.platform == "darwin" and not getattr(listener, "IS_TRUSTED", True):
@@ -448,14 +453,14 @@ def _run_hook(engine, args) -> None:
         return
     out = sys.stderr if getattr(args, "output", "") == "pipe" else sys.stdout  # pipe: stdout carries frames
     listener = HotkeyListener(bindings, engine.bus)
-    started = listener.start()
+    if not listener.start(quiet=True):  # one line, no table: nothing is listening
+        print(f"global hotkeys: off: {listener.why}", file=out, flush=True)
+        return
     for warning in node_binding_warnings(bindings, engine.presets):
         log.warning("hotkey %s", warning)
-    state = "active" if started else "NOT active (see the message above)"
     source = f"config {config.file}" if config.file else f"defaults; no config at {config_path()}"
-    print(f"global hotkeys: {state}; {source}\n{format_table(bindings, engine.presets)}", file=out, flush=True)
-    if started:
-        _LISTENERS[id(engine)] = listener
+    print(f"global hotkeys: active; {source}\n{format_table(bindings, engine.presets)}", file=out, flush=True)
+    _LISTENERS[id(engine)] = listener
 
 
 def _stop_hook(engine) -> None:

@@ -147,8 +147,10 @@ def test_commands_validated_and_applied_in_order():
     bus.send(make_command("switch_preset", name="A"))
     bus.send(make_command("passthrough", on=False))
     assert eng.process(frame, out) == 0
-    assert [e["event"] for e in events] == ["set_param", "preset", "next_preset", "passthrough", "preset",
-                                           "switch_preset", "passthrough"]
+    # rejected commands are published too (with the reason), for OBS, the HUD and the hotkey tests
+    assert [e["event"] for e in events] == ["rejected", "set_param", "rejected", "preset", "next_preset",
+                                           "passthrough", "preset", "switch_preset", "passthrough"]
+    assert "out of range" in events[0]["reason"] and "no node 'ghost'" in events[2]["reason"]
     eng.close()
 
 
