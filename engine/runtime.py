@@ -676,7 +676,7 @@ def calm_preparing_thread() -> None:
     """Make the calling (preparing) thread take as few cores as it can from the live threads: the numba
     kernels it calls (a warm-up frame) run on one core; numba's thread count is per calling thread.
     (Not a lower OS priority: a low-priority thread descheduled while holding the GIL stalls the live
-    threads until the OS runs it again; measured in benchmarks/hotkey_switch.py.)"""
+    threads until the OS runs it again; measured in tests/bench/bench_hotkeys.py.)"""
     try:
         import numba
 

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.x11
 SIZE = (320, 180)
 # The camera runs at 15 fps, the output at 30: the processing thread then has 66 ms per frame, so that
 # on this shared 2-core machine (load average often > 10) the OS rarely stalls it long enough to drop a
-# frame by itself, and a drop points at the engine. benchmarks/hotkey_switch.py measures at 30 fps.
+# frame by itself, and a drop points at the engine. tests/bench/bench_hotkeys.py measures at 30 fps.
 FPS = 15.0
 # far apart on the colour wheel for 1..3 (the 100-switch test cycles those), distinct for all nine
 HUES = (0.0, 120.0, -120.0, 60.0, -60.0, 180.0, 30.0, -30.0, 90.0)

@@ -1,5 +1,5 @@
 """A private X server for tests and benchmarks: Xvfb on the first free display, and real key events
-through it with xdotool (XTEST). Shared by tests/integration/test_hotkeys.py and benchmarks/."""
+through it with xdotool (XTEST). Shared by tests/integration/test_hotkeys.py and tests/bench/bench_hotkeys.py."""
 
 from __future__ import annotations
 

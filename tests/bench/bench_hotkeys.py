@@ -1,8 +1,9 @@
 """Benchmark: global hotkey -> first output frame showing the new preset, and what preparing presets in
 the background costs the live output.
 
-    python benchmarks/hotkey_switch.py                    # both parts, prints a report
-    python benchmarks/hotkey_switch.py --json out.json    # also writes figures + machine info
+    python tests/bench/bench_hotkeys.py                    # both parts, prints a report
+    python tests/bench/bench_hotkeys.py --json out.json    # also writes figures + machine info
+    python tests/bench/bench_hotkeys.py --rounds 0         # part 1 only (--switches 0: part 2 only)
 
 Part 1 (switch latency): a live engine (built-in demo camera, 1280x720 at 30 fps, output paced at 30 fps)
 with 9 presets, the global hotkey listener on a private Xvfb, and 50 real key presses
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
