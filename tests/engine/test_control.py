@@ -462,3 +462,10 @@ def test_node_bindings_that_no_preset_accepts_are_warned_about_at_start(tmp_path
         f"ctrl+alt+y ({path}:3): no preset in this set has a node 'faceswap'",
         f"ctrl+alt+z ({path}:4): node 'color' has no param 'sharpness'",
     ]
+
+
+def test_the_example_config_printed_by_avatarcast_hotkeys_loads(tmp_path):
+    path = write_config(tmp_path, hk.CONFIG_EXAMPLE.format(path=tmp_path / "hotkeys.yaml"))
+    cfg = hk.load_config(path)
+    keys = {b.keys for b in hk.resolve([], cfg)}
+    assert "ctrl+alt+0" not in keys and {"ctrl+shift+f9", "ctrl+alt+up", "ctrl+alt+down"} <= keys
