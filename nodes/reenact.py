@@ -75,16 +75,10 @@ RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring foll
 
 def detect_landmarks(image: np.ndarray, min_confidence: float = 0.5) -> np.ndarray | None:
     """(478, 3) float32 landmarks in pixels (z at x's scale) of the largest face, or None."""
-    import mediapipe as mp
+    from .face import detect_landmarks as detect_all
 
-    h, w = image.shape[:2]
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=3, refine_landmarks=True,
-                                         min_detection_confidence=min_confidence) as fm:
-        res = fm.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    if not res.multi_face_landmarks:
-        return None
-    faces = [np.array([(p.x * w, p.y * h, p.z * w) for p in f.landmark], np.float32) for f in res.multi_face_landmarks]
-    return max(faces, key=lambda lm: np.ptp(lm[:, 0]) * np.ptp(lm[:, 1]))
+    faces = detect_all(image, max_faces=3, detection_confidence=min_confidence)
+    return faces[0] if faces else None
 
 
 def _open_for_layout(lm: np.ndarray) -> np.ndarray:
@@ -253,8 +247,10 @@ def unfold(src: np.ndarray, base: np.ndarray, dst: np.ndarray, tris: np.ndarray,
             off = dst - base
         fixed = max(fixed, int(bad.sum()))
         v = np.unique(tris[bad])
-        if it == iters:
-            off[v] = 0.0
+        if it == iters:  # last resort: those vertices take the fold-free base, until nothing flips
+            while bad.any():
+                off[np.unique(tris[bad])] = 0.0
+                bad = chk & (signed_areas(base + off, tris) * sgn < lim)
             return base + off, fixed
         face_v = v[v < 468]
         if it < iters // 2 and face_v.size:
@@ -413,6 +409,7 @@ class AvatarRig:
         self.region = (x0, y0, x1 + 1, y1 + 1)
         self.folds = 0
         self.turn_scale = 1.0
+        self.last_base = self.src2
         ir_a, ir_b = self.lm[IRIS_A[0], :2], self.lm[IRIS_B[0], :2]
         er = self.lm[list(EYE_R_CORNERS), :2].mean(0)
         self.iris_r, self.iris_l = (IRIS_A, IRIS_B) if np.linalg.norm(ir_a - er) < np.linalg.norm(ir_b - er) else \
@@ -428,7 +425,11 @@ class AvatarRig:
         for i in range(N_LM):
             if cv2.pointPolygonTest(grown, (float(self.lm[i, 0]), float(self.lm[i, 1])), False) >= 0:
                 inner[i] = True
-        self.check = ~inner[self.tris].all(axis=1)
+        # iris points may sit under the lids (outside the eye's outline): their triangles are drawn in
+        # depth order like the lips' instead
+        iris = np.zeros(len(self.verts), bool)
+        iris[np.r_[IRIS_A, IRIS_B]] = True
+        self.check = ~inner[self.tris].all(axis=1) & ~iris[self.tris].any(axis=1)
         # painter's order: face triangles by depth each frame (nearest first wins), then the rest
         self.face_tri = (self.tris < N_LM).all(axis=1)
         self.n_face = int(self.face_tri.sum())
@@ -474,6 +475,7 @@ class AvatarRig:
             self.turn_scale *= 0.75
             rot = rotation_scale(pose.rot, self.turn_scale)
         moved = self._rigid(verts, pose, rot)
+        self.last_base = base3[:, :2]
         dst, self.folds = unfold(self.src2, base3[:, :2], moved[:, :2], self.tris, self.check, *self.nb)
         depth = moved[self.tris[self.face_ids], 2].mean(axis=1)
         order = self.face_ids[np.argsort(depth, kind="stable")]
@@ -502,14 +504,19 @@ class MouthPainter:
         cv2.fillPoly(m, [lips], 255)
         lip = np.array(cv2.mean(image, m)[:3])
         self.cavity = np.clip(lip * 0.25 + [8, 6, 14], 0, 255)
-        skin_light = float(np.clip(np.array(cv2.mean(image)[:3]).mean() / 128.0, 0.6, 1.1))
-        self.tooth = np.clip(0.8 * np.array([190, 202, 212]) * skin_light + 0.2 * lip, 0, 255)
+        face = np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(face, [np.round(p[FACE_OVAL]).astype(np.int32)], 255)
+        skin = np.array(cv2.mean(image, face)[:3])
+        # ivory, in the picture's own light: a painting's teeth are as warm and dim as its skin
+        light = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
+        self.tooth = np.clip(0.7 * np.array([188, 214, 228]) * light + 0.3 * skin, 0, 255)
         self.amount = 0.0
 
     def paint(self, out: np.ndarray, dst: np.ndarray, weight: float = 1.0) -> None:
         gap = float(np.linalg.norm(dst[LIP_BOTTOM] - dst[LIP_TOP]))
         mw = float(np.linalg.norm(dst[MOUTH_R] - dst[MOUTH_L])) + 1e-6
-        self.amount = a = float(np.clip((gap - self.gap0 - 0.01 * mw) / (0.05 * mw), 0.0, 1.0)) * weight
+        # a parted mouth shades the stretched lips a little; a wide open one shows a full cavity
+        self.amount = a = float(np.clip((gap - self.gap0 - 0.03 * mw) / (0.12 * mw), 0.0, 1.0)) * weight
         if a <= 0.0:
             return
         h, w = out.shape[:2]
