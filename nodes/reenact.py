@@ -40,7 +40,7 @@ from .face import Face
 log = logging.getLogger("avatarcast.reenact")
 
 N_LM = 478
-PREP_VERSION = "reenact-2"
+PREP_VERSION = "reenact-3"
 
 # ---- face-mesh index sets (mediapipe order) ----------------------------------------------------
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -68,7 +68,8 @@ EYE_R_RING = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153
 EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
 
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
-RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
+RING_WEIGHTS = (0.8, 0.35)
+RELIEF = 0.6  # depth relief of the avatar's face used for rotations (1 = as detected)  # how much of the head's rigid motion each ring follows (the border: 0)
 
 
 # ---- avatar preparation (pure, cached) ---------------------------------------------------------
@@ -106,9 +107,12 @@ def build_mesh(lm: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     oval = p[FACE_OVAL]
     c = oval.mean(axis=0)
     rings, weights = [], []
+    # ring points sit at the depth of the head's pivot: turning the head swings the face in front of
+    # it, while hair and neck around it stay put (no shearing between face edge and hair)
+    pivot_z = Motion._pivot(p)[2]
     for r, wt in zip((RING1, RING2), RING_WEIGHTS, strict=True):
         ring = c + (oval - c) * [r, r, 1.0]
-        ring[:, 2] = oval[:, 2]
+        ring[:, 2] = pivot_z
         rings.append(ring)
         weights.append(np.full(len(ring), wt))
     outer = rings[-1]
@@ -405,6 +409,20 @@ class AvatarRig:
         self.src2 = np.ascontiguousarray(self.verts[:, :2])
         self.fw = float(np.ptp(self.lm[FACE_OVAL, 0]))
         self.pivot = Motion._pivot(self.lm)
+        # a flatter relief than the detector's depth: the sides of the face fold less at turns (fewer
+        # silhouette folds), the face still swings about the pivot behind it
+        zc = self.lm[RIGID, 2].mean()
+        z = zc + RELIEF * (self.verts[:N_LM, 2] - zc)
+        # and a smooth one: depth noise along the face outline makes its edge zigzag when turning
+        nb_idx, nb_mask = mesh_neighbours()
+        for _ in range(4):
+            zs = z[:468].copy()
+            zs = 0.5 * zs + 0.5 * (zs[nb_idx] * nb_mask).sum(1) / nb_mask.sum(1)
+            z[:468] = zs
+        zo = z[FACE_OVAL]
+        z[FACE_OVAL] = np.convolve(np.r_[zo[-3:], zo, zo[:3]], np.ones(7) / 7.0, mode="valid")
+        self.verts[:N_LM, 2] = z
+        self.lm[:, 2] = z
         x0, y0, x1, y1 = (int(round(v)) for v in self.rect)
         self.region = (x0, y0, x1 + 1, y1 + 1)
         self.folds = 0
@@ -436,6 +454,7 @@ class AvatarRig:
         self.face_ids = np.nonzero(self.face_tri)[0]
         self.rest_ids = np.nonzero(~self.face_tri)[0]
         self.order_tris = self.tris.copy()
+        self.src_sign = np.sign(signed_areas(self.src2, self.tris))
         self.nb = mesh_neighbours()
 
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
@@ -477,10 +496,13 @@ class AvatarRig:
         moved = self._rigid(verts, pose, rot)
         self.last_base = base3[:, :2]
         dst, self.folds = unfold(self.src2, base3[:, :2], moved[:, :2], self.tris, self.check, *self.nb)
+        # painter's order: front-facing face triangles nearest first, then hair/neck/background, and
+        # last the back-facing ones (folded away behind the face; they only fill what nothing else does)
+        front = signed_areas(dst, self.tris) * self.src_sign >= 0
         depth = moved[self.tris[self.face_ids], 2].mean(axis=1)
-        order = self.face_ids[np.argsort(depth, kind="stable")]
-        self.order_tris[:self.n_face] = self.tris[order]
-        self.order_tris[self.n_face:] = self.tris[self.rest_ids]
+        faces = self.face_ids[np.argsort(depth, kind="stable")]
+        order = np.concatenate([faces[front[faces]], self.rest_ids[front[self.rest_ids]], np.nonzero(~front)[0]])
+        self.order_tris[:] = self.tris[order]
         return np.ascontiguousarray(dst)
 
 
@@ -895,6 +917,130 @@ class Reenact(Node):
         self.shots.blend(out, dst)
         few = self.shots.used["mouth"][1] if "mouth" in self.shots.used else 0.0
         self.mouth.paint(out, dst, 1.0 - few)
+
+
+# ---- the scripted driver (demo) -------------------------------------------------------------------
+
+def open_mouth(lm: np.ndarray, amount: float) -> np.ndarray:
+    """Landmarks with the jaw dropped: the lower lip by ``amount`` x mouth width, the chin a little less."""
+    out = lm.copy()
+    if amount <= 0:
+        return out
+    mw = np.linalg.norm(lm[MOUTH_R, :2] - lm[MOUTH_L, :2])
+    y_mouth = lm[[LIP_TOP, LIP_BOTTOM], 1].mean()
+    y_chin = lm[152, 1]
+    x_mid = lm[LIP_BOTTOM, 0]
+    below = lm[:, 1] > y_mouth - 0.02 * mw
+    t = np.clip((lm[:, 1] - y_mouth) / (y_chin - y_mouth + 1e-6), 0.0, 1.0)
+    side = np.clip(1.0 - np.abs(lm[:, 0] - x_mid) / (2.2 * mw), 0.0, 1.0) ** 0.7
+    drop = amount * mw * (1.0 - 0.25 * t) * side
+    out[below, 1] += drop[below]
+    out[INNER_LOWER, 1] = lm[INNER_LOWER, 1] + amount * mw * side[INNER_LOWER]
+    return out
+
+
+def script_landmarks(neutral: np.ndarray, t: float) -> np.ndarray:
+    """The demo's motion script at time ``t`` s, applied to neutral landmarks (478, 3) px: talking in
+    phrases, a smile, blinks (and one wink), brows, gaze, and head turns, nods and tilts."""
+    lm = neutral.astype(np.float64).copy()
+    ed = float(np.linalg.norm(lm[263, :2] - lm[33, :2]))
+    mw = float(np.linalg.norm(lm[MOUTH_R, :2] - lm[MOUTH_L, :2]))
+    # talking: syllables inside phrases of 2.6 s with 0.9 s pauses
+    phrase = (t % 3.5) < 2.6
+    syll = 0.5 + 0.5 * math.sin(2 * math.pi * 3.3 * t) * math.sin(2 * math.pi * 0.9 * t + 0.5)
+    mouth = (0.04 + 0.32 * syll) if phrase else 0.0
+    # smile between 3.5 s and 5 s of every 7 s
+    smile = max(0.0, math.sin(math.pi * ((t % 7.0) - 3.5) / 1.5)) if 3.5 <= t % 7.0 < 5.0 else 0.0
+    for i, side in ((61, -1), (291, 1), (MOUTH_L, -1), (MOUTH_R, 1)):
+        lm[i, 0] += side * 0.12 * mw * smile
+        lm[i, 1] -= 0.10 * mw * smile
+    lm = open_mouth(lm, mouth)
+    # brows up while talking loud
+    brow = 0.08 * ed * max(0.0, math.sin(2 * math.pi * t / 4.0))
+    lm[np.r_[BROW_R, BROW_L], 1] -= brow
+    # blinks every 2.8 s (a wink of the left eye every fourth one)
+    k = int(t // 2.8)
+    ph = t - k * 2.8 - 1.9
+    close = math.sin(math.pi * ph / 0.22) if 0 <= ph < 0.22 else 0.0
+    eyes = [(EYE_R_UP, EYE_R_LO), (EYE_L_UP, EYE_L_LO)] if k % 4 != 3 else [(EYE_L_UP, EYE_L_LO)]
+    if k % 4 == 3:
+        close = math.sin(math.pi * (t - k * 2.8 - 1.6) / 0.6) if 0 <= t - k * 2.8 - 1.6 < 0.6 else 0.0
+    for up, lo in eyes:
+        lm[up] = lm[lo] + (1.0 - 0.95 * close) * (lm[up] - lm[lo])
+    # gaze
+    gx = 0.09 * ed * math.sin(2 * math.pi * t / 5.3)
+    lm[468:478, 0] += gx
+    # head: turn, nod, tilt about a pivot behind the face, and a little sway
+    yaw = 20.0 * math.sin(2 * math.pi * t / 6.5)
+    pitch = 9.0 * math.sin(2 * math.pi * t / 4.4 + 1.0)
+    roll = 7.0 * math.sin(2 * math.pi * t / 5.2 + 2.0)
+    r = cv2.Rodrigues(np.radians([pitch, yaw, roll]))[0]
+    pivot = lm[RIGID].mean(0) + [0.0, 0.0, 0.45 * np.ptp(lm[FACE_OVAL, 0])]
+    lm = (lm - pivot) @ r.T + pivot
+    lm[:, 0] += 0.15 * ed * math.sin(2 * math.pi * t / 8.0)
+    return lm.astype(np.float32)
+
+
+@register
+class ScriptedDriver(Node):
+    kind = "scripted_driver"
+    family = "reenact"
+    description = "A built-in driver face (no camera, no detector): talks, blinks, smiles, turns, nods and tilts."
+    inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR, passed through (sets the pace)"),)
+    outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR: the input, with the driver's mesh drawn "
+                    "when `draw` is on"),
+               Port("faces", PortType.FACES, "one scripted face per frame, landmarks in this frame's pixels"))
+    params = (
+        Param("landmarks", "path", None, "neutral face landmarks (.npz with `landmarks` (478, 3) or .npy); "
+              "default: the avatar's own precomputed landmarks", optional=True, live=False),
+        Param("speed", "float", 1.0, "script speed (1 = real time at the stream's fps)", min=0.1, max=4.0, step=0.1),
+        Param("draw", "bool", False, "draw the scripted face's mesh on the frame output"),
+    )
+
+    def open(self) -> None:
+        f = self.p["landmarks"]
+        if f is None:
+            raw = self.ctx.avatar.raw.get("landmarks")
+            f = raw if isinstance(raw, str) else (raw[0] if raw else None)
+        if f is None:
+            raise UserError("scripted_driver needs neutral landmarks: set its `landmarks` param or the avatar's "
+                            "`landmarks` (a .npz/.npy of (478, 3) points)", Where(self.ctx.preset_file))
+        path = self.ctx.resolve(str(f))
+        try:
+            data = np.load(path)
+            lm = data["landmarks"] if hasattr(data, "files") else data
+        except Exception as exc:
+            raise UserError(f"cannot read scripted_driver landmarks: {exc}", Where(path)) from None
+        lm = np.asarray(lm, np.float64)
+        if lm.shape != (N_LM, 3):
+            raise UserError(f"scripted_driver landmarks must be (478, 3), got {lm.shape}", Where(path))
+        # centre the template in this frame at a webcam-like size
+        h, w = self.ctx.source_size
+        fw = float(np.ptp(lm[FACE_OVAL, 0]))
+        s = 0.38 * min(h, w) / max(fw, 1e-6)
+        c = lm[FACE_OVAL, :2].mean(0)
+        self.neutral = lm.copy()
+        self.neutral[:, :2] = (lm[:, :2] - c) * s + [w / 2, h / 2]
+        self.neutral[:, 2] = lm[:, 2] * s
+        self.size = (w, h)
+        self.i = 0
+        from .face import make_face
+
+        self._make_face = make_face
+
+    def reset(self) -> None:
+        self.i = 0
+
+    def process(self, inputs, out) -> None:
+        t = self.i * self.p["speed"] / max(self.ctx.fps, 1.0)
+        self.i += 1
+        lm = script_landmarks(self.neutral, t)
+        frame = out["frame"]
+        np.copyto(frame, inputs["frame"]) if inputs["frame"].shape == frame.shape else frame.fill(0)
+        if self.p["draw"]:
+            for p in lm[:, :2].astype(np.int32)[::2]:
+                cv2.circle(frame, (int(p[0]), int(p[1])), 1, (255, 255, 255), -1)
+        out["faces"] = [self._make_face(lm, self.size)]
 
 
 def _image_size(path: Path) -> tuple[int, int]:
