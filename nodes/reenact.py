@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine import bench
 from engine.cache import cached
 from engine.errors import UserError, Where
 from engine.kernels import warp as wk
@@ -457,6 +458,22 @@ class AvatarRig:
         self.src_sign = np.sign(signed_areas(self.src2, self.tris))
         self.nb = mesh_neighbours()
 
+    def moving(self, dst: np.ndarray, still: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """The triangles (in drawing order) with a vertex that moved more than ``still`` px, and the
+        region their destination covers: only that is warped, the rest is the avatar as it is (a
+        triangle whose corners all moved less than a quarter pixel differs from a copy by less than a
+        grey level on smooth texture)."""
+        moved = np.abs(dst - self.src2).max(axis=1) > still
+        keep = moved[self.order_tris].any(axis=1)
+        tris = self.order_tris[keep]
+        if not len(tris):
+            return tris, (0, 0, 0, 0)
+        pts = dst[tris.ravel()]
+        x0, y0, x1, y1 = self.region
+        region = (max(x0, int(pts[:, 0].min())), max(y0, int(pts[:, 1].min())),
+                  min(x1, int(np.ceil(pts[:, 0].max())) + 1), min(y1, int(np.ceil(pts[:, 1].max())) + 1))
+        return np.ascontiguousarray(tris), region
+
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
         """(V, 3) after the head motion; xy weighted per vertex (rings follow partly, the border not)."""
         moved = self.pivot + pose.scale * (verts - self.pivot) @ rot.T
@@ -793,6 +810,7 @@ class Reenact(Node):
         self.warp_state = wk.MeshWarp((oh, ow), len(self.rig.tris))
         self.motion = Motion(main_lm, self.p["max_turn"], self.p["follow"])
         self.dst = self.rig.src2.copy()
+        self.last_region = (0, 0, 0, 0)
         self.reset()
         # compile and touch every path once (not on the first live frame)
         out = np.empty_like(self.canvas)
@@ -889,8 +907,10 @@ class Reenact(Node):
         dst = self.rig.place(pose)
         self.dst = dst
         np.copyto(out, self.canvas)
-        wk.warp_mesh_numba(self.canvas, self.rig.src2, dst, self.rig.order_tris, out, self.rig.region,
-                           self.warp_state)
+        tris, region = self.rig.moving(dst)
+        self.last_region = region
+        if len(tris):
+            wk.warp_mesh_numba(self.canvas, self.rig.src2, dst, tris, out, region, self.warp_state)
         few = 0.0
         self.shots.blend(out, dst)
         if "mouth" in self.shots.used:
@@ -912,7 +932,8 @@ class Reenact(Node):
             self._tcanvas = torch.from_numpy(self.canvas).cuda()
         dst = self.rig.place(pose)
         self.dst = dst
-        res = wk.warp_mesh_torch(self._tcanvas, self.rig.src2, dst, self.rig.order_tris, None, self.rig.region)
+        tris, region = self.rig.moving(dst)
+        res = wk.warp_mesh_torch(self._tcanvas, self.rig.src2, dst, tris, None, region)
         out[...] = res.cpu().numpy()
         self.shots.blend(out, dst)
         few = self.shots.used["mouth"][1] if "mouth" in self.shots.used else 0.0
@@ -1048,3 +1069,127 @@ def _image_size(path: Path) -> tuple[int, int]:
     if img is None:
         raise UserError("cannot read the avatar image (corrupt or not an image)", Where(path))
     return img.shape[:2]
+
+
+# ---- benchmarks ------------------------------------------------------------------------------------
+
+ASSETS = Path(__file__).resolve().parents[1] / "presets" / "assets"
+SHARED_DRIVING = Path(__file__).resolve().parents[2] / "shared" / "data" / "driving"
+
+
+def _demo_node(size: tuple[int, int] | None = None, **params) -> Reenact:
+    """A reenact node on the project's own 512x512 demo avatar (no test data needed)."""
+    from engine.node import Avatar, BuildContext
+
+    ctx = BuildContext(avatar=Avatar(images=[ASSETS / "demo_avatar.png"],
+                                     raw={"landmarks": [str(ASSETS / "demo_avatar.npz")]}),
+                       preset_dir=ASSETS, fps=30.0)
+    if size is not None:
+        params["size"] = f"{size[0]}x{size[1]}"
+    node = Reenact("reenact", Reenact.validate_params(params)[0], ctx)
+    node.out_shapes = node.configure({})
+    node.open()
+    return node
+
+
+def _clip(name: str, n: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(SHARED_DRIVING / name))
+    frames = []
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(cv2.resize(f, size) if size and f.shape[1::-1] != size else f)
+    cap.release()
+    if not frames:
+        log.warning("bench: %s not found (../shared/data), timing frames with no face", SHARED_DRIVING / name)
+        frames = [np.full((size[1], size[0], 3) if size else (512, 512, 3), 90, np.uint8)]
+    return frames
+
+
+def _warp_notes(r: dict) -> list[str]:
+    nb_, ref = r["warp kernel (numba)"]["median_ms"], r["warp numpy reference"]["median_ms"]
+    cp = r["memcpy of the warped region"]["median_ms"]
+    node = r["reenact node (pose, mesh, warp, mouth)"]["median_ms"]
+    return [f"numba warp is {ref / nb_:.1f}x faster than the numpy reference",
+            f"warp time / memcpy of the same region = {nb_ / max(cp, 1e-6):.0f}",
+            f"reenact node alone: {node:.2f} ms per frame = {1000 / node:.0f} fps"]
+
+
+@bench.case("reenact_512", "reenact of the 512x512 demo avatar by the scripted driver: geometry, warp kernel "
+            "(numba vs numpy), the whole node", _warp_notes)
+def _bench_reenact_512():
+    node = _demo_node()
+    neutral = node.rig.lm.astype(np.float32)
+    faces = [[Face(landmarks=lm, box=(*lm[:, :2].min(0), *lm[:, :2].max(0)))]
+             for lm in (script_landmarks(neutral, i / 30.0) for i in range(90))]
+    node.target_pose(faces[0])
+    pose = node.motion.pose(faces[20][0].landmarks)
+    dst = node.rig.place(pose)
+    tris = node.rig.order_tris.copy()
+    out = np.empty_like(node.canvas)
+    x0, y0, x1, y1 = node.rig.region
+    src_region = np.ascontiguousarray(node.canvas[y0:y1, x0:x1])
+    dst_region = np.empty_like(src_region)
+    state = {"i": 0}
+
+    def whole():
+        node.process({"frame": None, "faces": faces[state["i"] % len(faces)]}, {"frame": out})
+        state["i"] += 1
+
+    return {"pose + mesh placement (numpy)": lambda: node.rig.place(node.motion.pose(faces[20][0].landmarks)),
+            "warp kernel (numba)": lambda: wk.warp_mesh_numba(node.canvas, node.rig.src2, dst, tris, out,
+                                                              node.rig.region, node.warp_state),
+            "warp numpy reference": lambda: wk.warp_mesh_ref(node.canvas, node.rig.src2, dst, tris, out,
+                                                             node.rig.region),
+            "memcpy of the warped region": lambda: np.copyto(dst_region, src_region),
+            "reenact node (pose, mesh, warp, mouth)": whole}
+
+
+def _fps_notes(target: float):
+    def notes(r: dict) -> list[str]:
+        return [f"{k}: {v['median_ms']:.2f} ms = {1000 / v['median_ms']:.0f} fps (target >= {target:g} fps)"
+                for k, v in r.items()]
+    return notes
+
+
+@bench.case("reenact_track_512", "face tracking (512x512 webcam clip) + reenact of the 512x512 demo avatar, "
+            "per frame", _fps_notes(60))
+def _bench_track_512():
+    from engine.preset import loads_preset
+    from engine.runtime import Engine
+
+    frames = _clip("webcam_glasses.mp4", 90, (512, 512))
+    preset = loads_preset("name: bench\navatar:\n  images: [demo_avatar.png]\n  landmarks: [demo_avatar.npz]\n"
+                          "pipeline:\n  - node: face\n    process_width: 0\n  - node: reenact\n", base_dir=ASSETS)
+    eng = Engine([preset], source_size=(512, 512), out_size=(512, 512), live=True)
+    eng.start()
+    out = np.empty((512, 512, 3), np.uint8)
+    state = {"i": 0}
+
+    def step():
+        eng.process(frames[state["i"] % len(frames)], out)
+        state["i"] += 1
+
+    return {"face + reenact (engine step)": step}
+
+
+@bench.case("reenact_live_720p", "live path: 1280x720 camera frame -> face -> reenact -> 1280x720 output, "
+            "per frame (the engine step the live runner repeats)", _fps_notes(30))
+def _bench_live_720p():
+    from engine.preset import loads_preset
+    from engine.runtime import Engine
+
+    frames = _clip("indoor_upper_body.mp4", 90, (1280, 720))
+    preset = loads_preset("name: bench\navatar:\n  images: [demo_avatar.png]\n  landmarks: [demo_avatar.npz]\n"
+                          "pipeline:\n  - node: face\n  - node: reenact\n    size: 1280x720\n", base_dir=ASSETS)
+    eng = Engine([preset], source_size=(1280, 720), out_size=(1280, 720), live=True)
+    eng.start()
+    out = np.empty((720, 1280, 3), np.uint8)
+    state = {"i": 0}
+
+    def step():
+        eng.process(frames[state["i"] % len(frames)], out)
+        state["i"] += 1
+
+    return {"camera 720p -> avatar 720p (engine step)": step}

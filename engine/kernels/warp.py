@@ -99,13 +99,29 @@ def _warp_rows(src, src_pts, dst_pts, tris, bary, y0, y1, x0, x1, starts, items,
         for k in range(starts[r], starts[r + 1]):
             t = items[k]
             i0, i1, i2 = tris[t, 0], tris[t, 1], tris[t, 2]
-            xa = min(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
-            xb = max(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
-            xs = max(int(np.ceil(xa - 1e-6)), x0)
-            xe = min(int(np.floor(xb + 1e-6)), x1 - 1)
             m00, m01, m02 = bary[t, 0, 0], bary[t, 0, 1], bary[t, 0, 2]
             m10, m11, m12 = bary[t, 1, 0], bary[t, 1, 1], bary[t, 1, 2]
             fy = np.float64(y)
+            # exact x-span of this row inside the triangle (each barycentric is linear in x), widened by
+            # a pixel; the per-pixel test below decides, so the result equals the bounding-box walk
+            lo = np.float64(x0)
+            hi = np.float64(x1 - 1)
+            for a, b in ((m00, m01 * fy + m02), (m10, m11 * fy + m12),
+                         (-m00 - m10, 1.0 - (m01 + m11) * fy - m02 - m12)):
+                if a > 1e-12:
+                    lo = max(lo, (-EPS - b) / a)
+                elif a < -1e-12:
+                    hi = min(hi, (-EPS - b) / a)
+                elif b < -EPS:
+                    hi = lo - 2.0
+            if hi < lo - 1.0:
+                continue
+            xs = max(int(np.floor(lo)) - 1, x0)
+            xe = min(int(np.ceil(hi)) + 1, x1 - 1)
+            # source position = p0 + l1 (p1 - p0) + l2 (p2 - p0)
+            sx0, sy0 = src_pts[i0, 0], src_pts[i0, 1]
+            sx1, sy1 = src_pts[i1, 0] - sx0, src_pts[i1, 1] - sy0
+            sx2, sy2 = src_pts[i2, 0] - sx0, src_pts[i2, 1] - sy0
             for x in range(xs, xe + 1):
                 if cover[y, x]:
                     continue
@@ -115,8 +131,8 @@ def _warp_rows(src, src_pts, dst_pts, tris, bary, y0, y1, x0, x1, starts, items,
                 l0 = 1.0 - l1 - l2
                 if l0 < -EPS or l1 < -EPS or l2 < -EPS:
                     continue
-                sx = l0 * src_pts[i0, 0] + l1 * src_pts[i1, 0] + l2 * src_pts[i2, 0]
-                sy = l0 * src_pts[i0, 1] + l1 * src_pts[i1, 1] + l2 * src_pts[i2, 1]
+                sx = sx0 + l1 * sx1 + l2 * sx2
+                sy = sy0 + l1 * sy1 + l2 * sy2
                 sx = min(max(sx, 0.0), w - 1.0)
                 sy = min(max(sy, 0.0), h - 1.0)
                 ix = min(int(sx), w - 2) if w > 1 else 0
@@ -126,8 +142,13 @@ def _warp_rows(src, src_pts, dst_pts, tris, bary, y0, y1, x0, x1, starts, items,
                 jx = min(ix + 1, w - 1)
                 jy = min(iy + 1, h - 1)
                 for c in range(3):
-                    v = ((1.0 - ax) * (1.0 - ay) * src[iy, ix, c] + ax * (1.0 - ay) * src[iy, jx, c]
-                         + (1.0 - ax) * ay * src[jy, ix, c] + ax * ay * src[jy, jx, c])
+                    p00 = np.float64(src[iy, ix, c])
+                    p10 = np.float64(src[iy, jx, c])
+                    p01 = np.float64(src[jy, ix, c])
+                    p11 = np.float64(src[jy, jx, c])
+                    top = p00 + ax * (p10 - p00)
+                    bot = p01 + ax * (p11 - p01)
+                    v = top + ay * (bot - top)
                     out[y, x, c] = np.uint8(min(max(v + 0.5, 0.0), 255.0))
                 cover[y, x] = 1
         for x in range(x0, x1):
@@ -195,8 +216,9 @@ def _bilinear_np(src: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     jx = np.minimum(ix + 1, w - 1)
     jy = np.minimum(iy + 1, h - 1)
     s = src.astype(np.float64)
-    v = ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
-         + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
+    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
+    v = top + ay * (bot - top)
     return np.clip(v + 0.5, 0.0, 255.0).astype(np.uint8)
 
 
@@ -233,8 +255,8 @@ def warp_mesh_ref(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tri
             continue
         l0, l1, l2 = l0[inside], l1[inside], l2[inside]
         s = sp[tr[t]]
-        sx = l0 * s[0, 0] + l1 * s[1, 0] + l2 * s[2, 0]
-        sy = l0 * s[0, 1] + l1 * s[1, 1] + l2 * s[2, 1]
+        sx = s[0, 0] + l1 * (s[1, 0] - s[0, 0]) + l2 * (s[2, 0] - s[0, 0])
+        sy = s[0, 1] + l1 * (s[1, 1] - s[0, 1]) + l2 * (s[2, 1] - s[0, 1])
         py, px = yy.ravel()[inside], xx.ravel()[inside]
         out[py, px] = _bilinear_np(src, sx, sy)
         cov[py, px] = 1
@@ -305,8 +327,9 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
     l0 = 1.0 - l1 - l2
     sp = torch.as_tensor(np.asarray(src_pts[:, :2], np.float64), device=dev)
     tri = torch.as_tensor(tr_np, device=dev)[t]
-    sx = l0 * sp[tri[:, 0], 0] + l1 * sp[tri[:, 1], 0] + l2 * sp[tri[:, 2], 0]
-    sy = l0 * sp[tri[:, 0], 1] + l1 * sp[tri[:, 1], 1] + l2 * sp[tri[:, 2], 1]
+    p0x, p0y = sp[tri[:, 0], 0], sp[tri[:, 0], 1]
+    sx = p0x + l1 * (sp[tri[:, 1], 0] - p0x) + l2 * (sp[tri[:, 2], 0] - p0x)
+    sy = p0y + l1 * (sp[tri[:, 1], 1] - p0y) + l2 * (sp[tri[:, 2], 1] - p0y)
     sx = sx.clamp(0.0, w - 1.0)
     sy = sy.clamp(0.0, h - 1.0)
     ix = sx.long().clamp(max=max(w - 2, 0))
@@ -316,8 +339,9 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
     jx = (ix + 1).clamp(max=w - 1)
     jy = (iy + 1).clamp(max=h - 1)
     s = src.double()
-    v = ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
-         + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
+    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
+    v = top + ay * (bot - top)
     oyi = (pix // rw + y0)
     oxi = (pix % rw + x0)
     res[oyi, oxi] = (v + 0.5).clamp(0.0, 255.0).to(torch.uint8)

@@ -40,6 +40,21 @@ def run(node: rk.Reenact, faces: list) -> np.ndarray:
     return out
 
 
+def no_holes(node: rk.Reenact, out: np.ndarray) -> bool:
+    """Warp this frame's mesh with every triangle (the node warps only the moving ones) and check that
+    each pixel of the mesh's rectangle is covered, and that the node's frame is that warp (up to the
+    quarter-pixel motion of the triangles it left as they are)."""
+    full = np.empty_like(node.canvas)
+    np.copyto(full, node.canvas)
+    state = wk.MeshWarp(full.shape[:2], len(node.rig.tris))
+    wk.warp_mesh_numba(node.canvas, node.rig.src2, node.dst, node.rig.order_tris, full, node.rig.region, state)
+    x0, y0, x1, y1 = node.rig.region
+    covered = bool(state.cover[y0:y1, x0:x1].all())
+    painted = node.mouth.amount > 0 or bool(node.shots.used)  # the mouth / extra shots drawn on top
+    close = painted or np.abs(full.astype(np.int16) - out).mean() < 0.5
+    return covered and close
+
+
 def clip_frames(path: Path, n: int, step: int = 1) -> list[np.ndarray]:
     cap = cv2.VideoCapture(str(path))
     frames = []
@@ -189,7 +204,7 @@ def test_head_turn_moves_the_face_sideways_in_3d_and_keeps_far_background(child)
     mask = np.ones(out.shape[:2], bool)
     mask[y0:y1, x0:x1] = False
     assert np.array_equal(out[mask], node.canvas[mask])
-    assert node.warp_state.cover[y0:y1, x0:x1].all()
+    assert no_holes(node, out)
 
 
 def test_big_turns_are_clamped_gracefully(child):
@@ -199,7 +214,8 @@ def test_big_turns_are_clamped_gracefully(child):
     run(node, [face_of(_yaw(lm, 80))])
     ang = np.degrees(np.linalg.norm(cv2.Rodrigues(node.last_pose.rot)[0]))
     assert 20 < ang <= 30.0 + 1e-6
-    assert node.warp_state.cover[node.rig.region[1]:node.rig.region[3], node.rig.region[0]:node.rig.region[2]].all()
+    out = run(node, [face_of(_yaw(lm, 80))])
+    assert no_holes(node, out)
 
 
 def test_blink_and_wink_close_each_eye(child):
@@ -219,13 +235,12 @@ def test_blink_and_wink_close_each_eye(child):
 def test_real_clip_has_no_holes_and_no_fold_overs(shared_data, talking):
     frames, lms = talking
     node = make_node([shared_data / "avatars" / "mona_lisa.jpg"])
-    x0, y0, x1, y1 = node.rig.region
     src_area = rk.signed_areas(node.rig.src2, node.rig.tris)
     checked = node.rig.check & (np.abs(src_area) > 1.0)
     moved = 0.0
     for lm in lms[::2]:
         out = run(node, [face_of(lm)] if lm is not None else [])
-        assert node.warp_state.cover[y0:y1, x0:x1].all()
+        assert no_holes(node, out)
         d_area = rk.signed_areas(node.dst, node.rig.tris)
         base = node.rig.last_base
         base_ok = rk.signed_areas(base, node.rig.tris) * np.sign(src_area) >= 0.02 * np.abs(src_area)
@@ -288,10 +303,9 @@ def sharpness(img: np.ndarray) -> float:
 def test_non_human_face_is_sane(shared_data, talking):
     frames, lms = talking
     node = make_node([shared_data / "avatars" / "dog.jpg"])
-    x0, y0, x1, y1 = node.rig.region
     for lm in lms[:120:4]:
         out = run(node, [face_of(lm)] if lm is not None else [])
-        assert node.warp_state.cover[y0:y1, x0:x1].all()
+        assert no_holes(node, out)
         # no tear: a torn frame has edges the picture has not (and a smeared one loses most of them)
         assert 0.6 < sharpness(out) / sharpness(node.canvas) < 1.2
 
