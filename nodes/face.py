@@ -257,9 +257,7 @@ class _Track:
     filt: OneEuroFilter
     face: Face
     raw: np.ndarray  # last raw landmarks (for jump detection)
-    first_seen: float
     last_seen: float
-    order: int = 0  # left-to-right rank when first seen (for select: index)
 
 
 def smoothstep(x: float) -> float:
@@ -293,7 +291,7 @@ class FaceTracker:
         for j, lm in enumerate(found):
             i = match.get(j)
             if i is None:
-                tr = _Track(self.next_id, self._new_filter(), make_face(lm, frame_size, self.next_id), lm, now, now)
+                tr = _Track(self.next_id, self._new_filter(), make_face(lm, frame_size, self.next_id), lm, now)
                 self.next_id += 1
                 self.tracks.append(tr)
                 tr.filt(lm, now, max(tr.face.scale, 1.0))
@@ -321,10 +319,6 @@ class FaceTracker:
             tr.face = replace(tr.face, state=st, neutral_weight=w)
             keep.append(tr)
         self.tracks = keep
-        ranked = sorted(self.tracks, key=lambda tr: tr.face.box[0] + tr.face.box[2])
-        for k, tr in enumerate(ranked):
-            if tr.first_seen == now:
-                tr.order = k
         return self._select(frame_size)
 
     def _select(self, frame_size: tuple[int, int]) -> list[Face]:
@@ -492,8 +486,10 @@ def _bench_face():
 
     frames = _bench_frames()
     variants = {}
-    for label, pw in (("process_width 640", 640), ("full size", 0)):
-        node = FaceNode("face", FaceNode.validate_params({"process_width": pw})[0],
+    for label, params in (("defaults (max_faces 2, process_width 640)", {}),
+                          ("max_faces 1", {"max_faces": 1}),
+                          ("process_width 0 (full size)", {"process_width": 0})):
+        node = FaceNode("face", FaceNode.validate_params(params)[0],
                         BuildContext(source_size=(720, 1280)))
         node.open()
         out = {"frame": np.empty((720, 1280, 3), np.uint8), "faces": []}
@@ -503,5 +499,5 @@ def _bench_face():
             node.process({"frame": frames[state["i"] % len(frames)]}, out)
             state["i"] += 1
 
-        variants[f"face node, {label}"] = step
+        variants[label] = step
     return variants

@@ -134,3 +134,15 @@ def test_pearson_and_jitter():
     # a smooth, fast move has almost no second difference
     move = still + np.arange(20)[:, None, None] * np.array([5.0, 0, 0])
     assert fmx.jitter(move) < 1e-9
+
+
+def test_face_region_covers_the_face_inside_its_outline():
+    lm = posed(scale=80.0)
+    m = fmx.face_region(lm, (480, 640))
+    assert m.dtype == bool and m.shape == (480, 640)
+    nose = lm[fmx.NOSE_TIP, :2].astype(int)
+    assert m[nose[1], nose[0]] and not m[5, 5]
+    # about the area of the outline polygon (shoelace)
+    p = lm[list(fmx.FACE_OVAL), :2].astype(np.float64)
+    area = 0.5 * abs(np.dot(p[:, 0], np.roll(p[:, 1], 1)) - np.dot(p[:, 1], np.roll(p[:, 0], 1)))
+    assert m.sum() == pytest.approx(area, rel=0.05)

@@ -1,0 +1,570 @@
+"""Quality evaluation (``avatarcast eval``): run a preset over driving clips (x avatars), re-detect
+face landmarks on the output frames and compare them with the driver's.
+
+Measures (issue 3, reenactment):
+  motion transfer r   Pearson r over time between driver and output, per landmark feature
+                      (``face_metrics.MOTION_FEATURES``), and their mean
+  stability           output landmark jitter / driver landmark jitter (``face_metrics.jitter``)
+  face found          fraction of output frames with a face
+  self-reenactment    avatar = first frame of the clip, driven by the same clip: mean absolute pixel
+                      difference (L1 in [0, 1]) and mean landmark distance (pixels) at 256x256
+
+Extending (issue 4's face swap and others): a ``Measure`` sees every frame of a run (driver frame,
+output frame, landmarks of both) and returns named figures; a ``Suite`` lists the measures per kind
+of run ('cross': clip x avatar, 'self': avatar = the clip's first frame) and the ``Target``s the
+summary checks. Register a suite in ``SUITES``; ``avatarcast eval --suite NAME`` runs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engine.errors import UserError, Where
+from engine.node import Avatar
+from engine.preset import Preset, loads_preset
+
+from . import face_metrics as fmx
+
+log = logging.getLogger("avatarcast.eval")
+
+
+def _shared_data() -> Path:
+    """../shared/data beside the checkout (or beside the current folder, for an installed copy)."""
+    for base in (Path(__file__).resolve().parents[2], Path.cwd().resolve().parent):
+        if (base / "shared" / "data").is_dir():
+            return base / "shared" / "data"
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
+NO_FACE_AVATARS = ("cat_no_face.jpg",)
+EVAL_SIZE = 256  # self-reenactment compares frames at 256x256, as FOMM does
+
+
+# ---- one run: what every measure sees -------------------------------------------------------------
+
+@dataclass
+class RunInfo:
+    """One evaluated run: a clip driving an avatar (or the clip's first frame, for 'self')."""
+
+    kind: str  # 'cross' or 'self'
+    clip: Path
+    avatar: Path | None
+    fps: float
+    driver_size: tuple[int, int]  # (w, h)
+    output_size: tuple[int, int]  # (w, h)
+    avatar_image: np.ndarray | None = None  # BGR, when the run has an avatar
+    avatar_landmarks: np.ndarray | None = None  # (478, 3) on avatar_image, when found
+
+
+class Measure:
+    """Sees every frame of one run; ``finish`` returns named figures (floats, NaN when undefined).
+    Landmarks are (478, 3) float32 in pixels of their own frame, or None where no face was found.
+    Frames are read-only BGR uint8: the driver frame and the output frame (their sizes may differ)."""
+
+    name = "measure"
+
+    def start(self, run: RunInfo) -> None:
+        self.run = run
+
+    def frame(self, i: int, driver: np.ndarray, output: np.ndarray, driver_lm: np.ndarray | None,
+              output_lm: np.ndarray | None) -> None:
+        pass
+
+    def finish(self) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class LandmarkSeries(Measure):
+    """Collects both landmark series (NaN where no face) for measures computed over whole clips."""
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.drv: list[np.ndarray] = []
+        self.out: list[np.ndarray] = []
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        nan = np.full((fmx.IRIS_LEFT + 5, 3), np.nan, np.float32)
+        self.drv.append(nan if driver_lm is None else driver_lm)
+        self.out.append(nan if output_lm is None else output_lm)
+
+    def series(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array(self.drv), np.array(self.out)
+
+
+def motion_transfer(drv_lm: np.ndarray, out_lm: np.ndarray, names=fmx.MOTION_FEATURES) -> dict[str, float]:
+    """Per-feature Pearson r between driver and output landmark series (T, 478, 3), NaN rows skipped,
+    and ``motion_r``: their mean. A feature the driver does not move (constant) is left out (NaN); a
+    feature the driver moves but the output does not counts as r = 0."""
+    a, b = fmx.feature_matrix(drv_lm, names), fmx.feature_matrix(out_lm, names)
+    res: dict[str, float] = {}
+    for k, name in enumerate(names):
+        x, y = a[:, k], b[:, k]
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3 or np.std(x[ok]) < 1e-9:
+            r = float("nan")
+        elif np.std(y[ok]) < 1e-9 * max(1.0, abs(float(np.mean(y[ok])))):
+            r = 0.0
+        else:
+            r = fmx.pearson(x[ok], y[ok])
+        res[f"r_{name}"] = r
+    vals = [v for v in res.values() if math.isfinite(v)]
+    res["motion_r"] = float(np.mean(vals)) if vals else float("nan")
+    return res
+
+
+class MotionTransfer(LandmarkSeries):
+    name = "motion"
+
+    def finish(self) -> dict[str, float]:
+        return motion_transfer(*self.series())
+
+
+class Stability(LandmarkSeries):
+    name = "stability"
+
+    def finish(self) -> dict[str, float]:
+        d, o = self.series()
+        jd, jo = fmx.jitter(d), fmx.jitter(o)
+        return {"jitter_driver": jd, "jitter_output": jo,
+                "jitter_ratio": jo / jd if jd > 0 and math.isfinite(jo) else float("nan")}
+
+
+class FaceFound(Measure):
+    name = "found"
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.n = self.found = self.driver_found = 0
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        self.n += 1
+        self.found += output_lm is not None
+        self.driver_found += driver_lm is not None
+
+    def finish(self) -> dict[str, float]:
+        return {"frames": float(self.n), "found_rate": self.found / max(self.n, 1),
+                "driver_found_rate": self.driver_found / max(self.n, 1)}
+
+
+class SelfReenactment(Measure):
+    """Output vs the real frame at 256x256: L1 (mean absolute difference / 255) and mean landmark
+    distance in pixels at 256 (frames where both have a face)."""
+
+    name = "self"
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.l1: list[float] = []
+        self.lmk: list[float] = []
+        self._a = np.empty((EVAL_SIZE, EVAL_SIZE, 3), np.uint8)
+        self._b = np.empty((EVAL_SIZE, EVAL_SIZE, 3), np.uint8)
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        cv2.resize(driver, (EVAL_SIZE, EVAL_SIZE), dst=self._a, interpolation=cv2.INTER_AREA)
+        cv2.resize(output, (EVAL_SIZE, EVAL_SIZE), dst=self._b, interpolation=cv2.INTER_AREA)
+        self.l1.append(float(cv2.absdiff(self._a, self._b).mean()) / 255.0)
+        if driver_lm is not None and output_lm is not None:
+            sd = np.array([EVAL_SIZE / driver.shape[1], EVAL_SIZE / driver.shape[0]])
+            so = np.array([EVAL_SIZE / output.shape[1], EVAL_SIZE / output.shape[0]])
+            d = np.linalg.norm(driver_lm[:, :2] * sd - output_lm[:, :2] * so, axis=1)
+            self.lmk.append(float(d.mean()))
+
+    def finish(self) -> dict[str, float]:
+        return {"l1": float(np.mean(self.l1)) if self.l1 else float("nan"),
+                "landmark_px": float(np.mean(self.lmk)) if self.lmk else float("nan")}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's goal: ``over`` says how runs combine ('mean' or 'min'/'max' over runs of ``kind``)."""
+
+    kind: str  # 'cross' or 'self'
+    figure: str
+    over: str  # 'mean', 'min', 'max'
+    op: str  # '>=' or '<='
+    value: float
+    text: str
+
+    def check(self, runs: list[dict]) -> tuple[float, bool | None]:
+        vals = [r["figures"].get(self.figure, float("nan")) for r in runs if r["kind"] == self.kind and "figures" in r]
+        vals = [v for v in vals if math.isfinite(v)]
+        if not vals:
+            return float("nan"), None
+        got = {"mean": np.mean, "min": np.min, "max": np.max}[self.over](vals)
+        ok = got >= self.value if self.op == ">=" else got <= self.value
+        return float(got), bool(ok)
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    cross: list[Callable[[], Measure]] = field(default_factory=list)  # clip x avatar runs
+    self_: list[Callable[[], Measure]] = field(default_factory=list)  # avatar = the clip's first frame
+    targets: list[Target] = field(default_factory=list)
+    columns: list[tuple[str, str, str]] = field(default_factory=list)  # (kind, figure, header) for the table
+
+
+SUITES: dict[str, Suite] = {}
+
+
+def register_suite(suite: Suite) -> Suite:
+    SUITES[suite.name] = suite
+    return suite
+
+
+register_suite(Suite(
+    "reenact", "avatar animated by the driver (issue 3): motion transfer, self-reenactment, stability, face found",
+    cross=[MotionTransfer, Stability, FaceFound],
+    self_=[SelfReenactment, FaceFound],
+    targets=[
+        Target("cross", "motion_r", "mean", ">=", 0.90, "motion transfer r, mean over clip x avatar pairs"),
+        Target("cross", "motion_r", "min", ">=", 0.80, "motion transfer r, worst pair"),
+        Target("self", "l1", "mean", "<=", 0.05, "self-reenactment L1 at 256x256"),
+        Target("self", "landmark_px", "mean", "<=", 2.0, "self-reenactment landmark distance, px at 256"),
+        Target("cross", "jitter_ratio", "max", "<=", 1.2, "output jitter / driver jitter, worst pair"),
+        Target("cross", "found_rate", "min", ">=", 0.99, "face found on output frames, worst pair"),
+    ],
+    columns=[("cross", "found_rate", "found"), ("cross", "motion_r", "motion r"),
+             ("cross", "jitter_ratio", "jitter x"), ("self", "found_rate", "found"), ("self", "l1", "L1@256"),
+             ("self", "landmark_px", "lmk px")],
+))
+
+
+# ---- running --------------------------------------------------------------------------------------
+
+def default_clips() -> list[Path]:
+    return sorted((SHARED_DATA / "driving").glob("*.mp4"))
+
+
+def default_avatars() -> list[Path]:
+    return sorted(p for p in (SHARED_DATA / "avatars").iterdir()
+                  if p.is_file() and p.name not in NO_FACE_AVATARS) if (SHARED_DATA / "avatars").is_dir() else []
+
+
+def pipeline_preset(pipeline_yaml: str) -> Preset:
+    """A preset from a pipeline given on the command line, e.g. ``[{node: mirror}]`` or ``[]``."""
+    text = f"name: eval pipeline\npipeline: {pipeline_yaml}\n"
+    return loads_preset(text, base_dir=Path.cwd(), file="<--pipeline>")
+
+
+def uses_avatar(preset: Preset) -> bool:
+    return bool(preset.avatar.images) or "avatar" in preset.raw
+
+
+def with_avatar(preset: Preset, image: Path) -> Preset:
+    raw = dict(preset.avatar.raw)
+    raw["images"] = [str(image)]
+    return replace(preset, avatar=Avatar(images=[Path(image)], raw=raw))
+
+
+class Evaluator:
+    """Runs a preset over clips and avatars and measures each run with a suite."""
+
+    def __init__(self, preset: Preset, suite: Suite, *, max_frames: int | None = None, device: str = "cpu",
+                 progress: Callable[[str], None] | None = None):
+        from .face import MeshDetector
+
+        self.preset = preset
+        self.suite = suite
+        self.max_frames = max_frames
+        self.device = device
+        self.progress = progress or (lambda s: log.info("%s", s))
+        # two trackers, one per stream, reset between runs: mediapipe's tracking mode, as live
+        self._drv = MeshDetector(static=False, max_faces=1)
+        self._out = MeshDetector(static=False, max_faces=1)
+        self._still = MeshDetector(static=True, max_faces=1)
+        self._driver_cache: dict[Path, list[np.ndarray | None]] = {}  # the driver's landmarks, per clip
+
+    def close(self) -> None:
+        for d in (self._drv, self._out, self._still):
+            d.close()
+
+    def __enter__(self) -> Evaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run(self, clips: list[Path], avatars: list[Path | None], self_reenact: bool = True,
+            ceiling: bool = False) -> dict:
+        runs: list[dict] = []
+        t0 = time.perf_counter()
+        if ceiling:
+            runs += [self.ceiling(clip) for clip in clips]
+        if self.suite.cross:
+            for clip in clips:
+                for av in avatars:
+                    runs.append(self._one("cross", clip, av, self.suite.cross))
+        if self_reenact and self.suite.self_:
+            with tempfile.TemporaryDirectory(prefix="avatarcast-eval-") as tmp:
+                for clip in clips:
+                    first = Path(tmp) / f"{clip.stem}_first.png"
+                    cv2.imwrite(str(first), _first_frame(clip))
+                    runs.append(self._one("self", clip, first, self.suite.self_, label=f"{clip.stem} (first frame)"))
+        summary = []
+        for tg in self.suite.targets:
+            got, ok = tg.check(runs)
+            summary.append({"target": tg.text, "figure": tg.figure, "kind": tg.kind, "over": tg.over,
+                            "op": tg.op, "value": tg.value, "got": got, "pass": ok})
+        return {"preset": self.preset.name, "suite": self.suite.name, "max_frames": self.max_frames,
+                "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "summary": summary}
+
+    def ceiling(self, clip: Path) -> dict:
+        """How well the measurement itself agrees with itself: the driver's landmarks against those
+        re-detected on the mirrored driver frame (mapped back, left and right swapped). No output can
+        be expected to score above this on the same clip (a 'ceiling' run; no target)."""
+        from engine.sources import VideoSource
+
+        from .face_model import canonical
+
+        twin = canonical()[1]
+        src = VideoSource(clip)
+        src.open()
+        try:
+            w = src.size[0]
+            frame = np.empty((src.size[1], w, 3), np.uint8)
+            self._drv.reset()
+            self._out.reset()
+            drv, mir = [], []
+            n = 0
+            while (self.max_frames is None or n < self.max_frames) and src.read(frame):
+                a = self._drv.detect(frame)
+                b = self._out.detect(np.ascontiguousarray(frame[:, ::-1]))
+                nan = np.full((478, 3), np.nan, np.float32)
+                drv.append(a[0] if a else nan)
+                if b:
+                    m = b[0].copy()
+                    m[:, 0] = w - m[:, 0]
+                    mir.append(m[twin])
+                else:
+                    mir.append(nan)
+                n += 1
+        finally:
+            src.close()
+        figures = motion_transfer(np.array(drv), np.array(mir))
+        rec = {"kind": "ceiling", "clip": clip.name, "avatar": "(driver vs its mirror)", "figures": figures}
+        self.progress(f"{'ceil':<5} {clip.name:<26} {rec['avatar']:<34}  motion r {_fmt(figures['motion_r'])}")
+        return rec
+
+    def _one(self, kind: str, clip: Path, avatar: Path | None, measures: list[Callable[[], Measure]],
+             label: str | None = None) -> dict:
+        from engine.runtime import Engine
+        from engine.sources import VideoSource
+
+        name = label or (avatar.name if avatar else "-")
+        rec: dict[str, Any] = {"kind": kind, "clip": clip.name, "avatar": name}
+        preset = with_avatar(self.preset, avatar) if avatar is not None and (kind == "self" or uses_avatar(self.preset)) \
+            else self.preset
+        src = VideoSource(clip)
+        src.open()
+        engine = None
+        try:
+            engine = Engine([preset], source_size=src.size, fps=src.fps, device=self.device, live=False)
+            engine.start()
+            ow, oh = engine.out_size
+            info = RunInfo(kind, clip, avatar, src.fps, src.size, (ow, oh))
+            if avatar is not None:
+                info.avatar_image = cv2.imread(str(avatar))
+                found = self._still.detect(info.avatar_image) if info.avatar_image is not None else []
+                info.avatar_landmarks = found[0] if found else None
+            ms = [m() for m in measures]
+            for m in ms:
+                m.start(info)
+            self._out.reset()
+            cached = self._driver_cache.get(clip)
+            if cached is None:
+                self._drv.reset()
+            drv_lms: list[np.ndarray | None] = []
+            frame = np.empty((src.size[1], src.size[0], 3), np.uint8)
+            out = np.empty((oh, ow, 3), np.uint8)
+            n = 0
+            t0 = time.perf_counter()
+            while (self.max_frames is None or n < self.max_frames) and src.read(frame):
+                engine.process(frame, out)
+                if cached is not None and n < len(cached):
+                    dl = cached[n]
+                else:
+                    found = self._drv.detect(frame)
+                    dl = found[0] if found else None
+                drv_lms.append(dl)
+                ol = self._out.detect(out)
+                for m in ms:
+                    m.frame(n, frame, out, dl, ol[0] if ol else None)
+                n += 1
+            if cached is None:
+                self._driver_cache[clip] = drv_lms
+            figures: dict[str, float] = {}
+            for m in ms:
+                figures.update(m.finish())
+            rec["figures"] = figures
+            rec["fps"] = n / max(time.perf_counter() - t0, 1e-9)
+            rec["node_ms"] = engine.graph.timings()
+        except UserError as exc:  # e.g. an avatar the preset refuses: reported, the others go on
+            rec["error"] = exc.render()
+            log.warning("%s x %s: %s", clip.name, name, rec["error"])
+        finally:
+            if engine is not None:
+                engine.close()
+            src.close()
+        self.progress(_row_text(rec, self.suite))
+        return rec
+
+
+def _first_frame(clip: Path) -> np.ndarray:
+    cap = cv2.VideoCapture(str(clip))
+    ok, f = cap.read()
+    cap.release()
+    if not ok:
+        raise UserError("cannot read the first frame", Where(clip), "check the clip plays in a media player")
+    return f
+
+
+def _nanmean(vals: list[float]) -> float:
+    ok = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(ok)) if ok else float("nan")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _row_text(rec: dict, suite: Suite) -> str:
+    head = f"{rec['kind']:<5} {rec['clip']:<26} {rec['avatar']:<34}"
+    if "error" in rec:
+        return head + " error: " + rec["error"]
+    cols = [f"{h} {_fmt(rec['figures'].get(f, float('nan')))}" for k, f, h in suite.columns if k == rec["kind"]]
+    return head + "  " + "  ".join(cols)
+
+
+def report_lines(result: dict) -> list[str]:
+    """The summary table: each target with what was measured and pass / FAIL."""
+    lines = [f"\n{result['suite']} suite on preset {result['preset']!r}"
+             f" ({len(result['runs'])} runs, {result['seconds']} s, max frames {result['max_frames']}):"]
+    for kind, what in (("cross", "motion r per feature (mean over pairs)"),
+                       ("ceiling", "measurement ceiling, driver vs its own mirror re-detection")):
+        runs = [r for r in result["runs"] if r["kind"] == kind and "figures" in r]
+        feats = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("r_") or k == "motion_r"]
+        if feats:
+            lines.append(f"  {what}: " + ", ".join(f"{k.removeprefix('r_')} {_fmt(_nanmean([r['figures'][k] for r in runs]))}"
+                                                   for k in feats))
+    for s in result["summary"]:
+        verdict = "n/a" if s["pass"] is None else ("pass" if s["pass"] else "FAIL")
+        lines.append(f"  {verdict:<4}  {s['target']}: {_fmt(s['got'])} (target {s['op']} {s['value']:g})")
+    return lines
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+def _resolve_paths(items: list[str] | None, default: Callable[[], list[Path]], what: str, noun: str) -> list[Path]:
+    if not items:
+        paths = default()
+        if not paths:
+            raise UserError(f"no {what} given and none found in {SHARED_DATA}",
+                            hint=f"pass --{what} FILE... (the defaults come from ../shared/data beside the checkout)")
+        return paths
+    out: list[Path] = []
+    for it in items:
+        p = Path(it).expanduser()
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.is_file() and q.name not in NO_FACE_AVATARS)
+        elif any(ch in it for ch in "*?["):
+            out += sorted(Path().glob(it)) if not p.is_absolute() else sorted(p.parent.glob(p.name))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserError(f"{noun} not found: {it!r}", hint=f"give existing files or folders for --{what}")
+    return out
+
+
+def cmd_eval(args) -> int:
+    from engine.library import find_preset
+    from engine.node import discover
+
+    if args.pipeline is None and not args.preset:
+        raise UserError("nothing to evaluate", hint="give --preset FILE (e.g. a reenactment preset) or --pipeline "
+                        "'[{node: mirror}]'")
+    preset = pipeline_preset(args.pipeline) if args.pipeline is not None else find_preset(args.preset)
+    discover()  # node modules may register their own suites (e.g. face swap)
+    suite = SUITES.get(args.suite)
+    if suite is None:
+        raise UserError(f"unknown suite {args.suite!r}", hint="suites: " + ", ".join(
+            f"{s.name} ({s.description})" for s in SUITES.values()))
+    clips = _resolve_paths(args.driving, default_clips, "driving", "driving clip")
+    if args.avatars == ["none"] or (not args.avatars and not uses_avatar(preset)):
+        avatars: list[Path | None] = [None]
+    else:
+        avatars = list(_resolve_paths(args.avatars, default_avatars, "avatars", "avatar image"))
+    with Evaluator(preset, suite, max_frames=args.max_frames, progress=print) as ev:
+        result = ev.run(clips, avatars, self_reenact=not args.no_self, ceiling=args.ceiling)
+    for line in report_lines(result):
+        print(line)
+    if args.json:
+        from engine.bench import machine, write_json
+
+        result["machine"] = machine()
+        write_json(_jsonable(result), args.json)
+        print(f"wrote {args.json}")
+    failed = [s for s in result["summary"] if s["pass"] is False]
+    errors = [r for r in result["runs"] if "error" in r]
+    return 1 if args.check and (failed or errors) else 0
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, (np.floating, np.integer)):
+        return _jsonable(x.item())
+    return x
+
+
+def _pos_int(text: str) -> int:
+    from engine.cli import _pos_int as check
+
+    return check(text)
+
+
+def add_commands(sub, parsers=None) -> None:
+    e = sub.add_parser("eval", help="measure quality: re-detect faces on a preset's output over driving clips",
+                       description="Run a preset (or a bare --pipeline) over driving clips x avatars, re-detect face "
+                                   "landmarks on every output frame and compare with the driver's: motion transfer r, "
+                                   "self-reenactment L1 and landmark distance at 256x256, jitter, face found. "
+                                   "Prints a table with each target's verdict and optionally writes JSON.")
+    g = e.add_mutually_exclusive_group()
+    g.add_argument("--preset", metavar="PRESET", help="preset file or name (its avatar is replaced by each --avatars image)")
+    g.add_argument("--pipeline", metavar="YAML", help="a pipeline instead of a preset, e.g. '[]' (identity) or "
+                   "'[{node: mirror}]'")
+    e.add_argument("--driving", nargs="+", metavar="CLIP", help="driving clips, files or globs "
+                   f"(default: {SHARED_DATA / 'driving'}/*.mp4)")
+    e.add_argument("--avatars", nargs="+", metavar="IMAGE", help="avatar images or folders, or 'none' "
+                   f"(default: {SHARED_DATA / 'avatars'}/* except {', '.join(NO_FACE_AVATARS)}; "
+                   "'none' for a preset without an avatar)")
+    e.add_argument("--suite", default="reenact", metavar="NAME",
+                   help=f"what to measure: {', '.join(sorted(SUITES))} or a suite a node pack adds (default: reenact)")
+    e.add_argument("--max-frames", type=_pos_int, metavar="N", help="use only the first N frames of each clip")
+    e.add_argument("--no-self", action="store_true", help="skip the self-reenactment runs")
+    e.add_argument("--ceiling", action="store_true", help="also measure each clip against its own mirrored "
+                   "re-detection: the best motion r the measurement itself allows on that clip")
+    e.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    e.add_argument("--check", action="store_true", help="exit 1 when a target is missed or a run failed")
+    e.set_defaults(func=cmd_eval)
+    if parsers is not None:
+        parsers["eval"] = e
+
