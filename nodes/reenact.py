@@ -1153,43 +1153,35 @@ def _fps_notes(target: float):
     return notes
 
 
-@bench.case("reenact_track_512", "face tracking (512x512 webcam clip) + reenact of the 512x512 demo avatar, "
-            "per frame", _fps_notes(60))
-def _bench_track_512():
+def _engine_steps(clip: str, size: tuple[int, int], reenact_yaml: str, face_yaml: str = "") -> dict:
+    """One engine step per call: a real clip's frames through face -> reenact (demo avatar)."""
     from engine.preset import loads_preset
     from engine.runtime import Engine
 
-    frames = _clip("webcam_glasses.mp4", 90, (512, 512))
+    frames = _clip(clip, 90, size)
     preset = loads_preset("name: bench\navatar:\n  images: [demo_avatar.png]\n  landmarks: [demo_avatar.npz]\n"
-                          "pipeline:\n  - node: face\n    process_width: 0\n  - node: reenact\n", base_dir=ASSETS)
-    eng = Engine([preset], source_size=(512, 512), out_size=(512, 512), live=True)
+                          f"pipeline:\n  - node: face\n{face_yaml}  - node: reenact\n{reenact_yaml}", base_dir=ASSETS)
+    eng = Engine([preset], source_size=size, out_size=size, live=True)
     eng.start()
-    out = np.empty((512, 512, 3), np.uint8)
+    out = np.empty((size[1], size[0], 3), np.uint8)
     state = {"i": 0}
 
     def step():
         eng.process(frames[state["i"] % len(frames)], out)
         state["i"] += 1
 
-    return {"face + reenact (engine step)": step}
+    return step
+
+
+@bench.case("reenact_track_512", "face tracking (512x512 webcam clip) + reenact of the 512x512 demo avatar, "
+            "per frame", _fps_notes(60))
+def _bench_track_512():
+    return {"face + reenact (engine step)": _engine_steps("webcam_glasses.mp4", (512, 512), "",
+                                                          "    process_width: 0\n")}
 
 
 @bench.case("reenact_live_720p", "live path: 1280x720 camera frame -> face -> reenact -> 1280x720 output, "
             "per frame (the engine step the live runner repeats)", _fps_notes(30))
 def _bench_live_720p():
-    from engine.preset import loads_preset
-    from engine.runtime import Engine
-
-    frames = _clip("indoor_upper_body.mp4", 90, (1280, 720))
-    preset = loads_preset("name: bench\navatar:\n  images: [demo_avatar.png]\n  landmarks: [demo_avatar.npz]\n"
-                          "pipeline:\n  - node: face\n  - node: reenact\n    size: 1280x720\n", base_dir=ASSETS)
-    eng = Engine([preset], source_size=(1280, 720), out_size=(1280, 720), live=True)
-    eng.start()
-    out = np.empty((720, 1280, 3), np.uint8)
-    state = {"i": 0}
-
-    def step():
-        eng.process(frames[state["i"] % len(frames)], out)
-        state["i"] += 1
-
-    return {"camera 720p -> avatar 720p (engine step)": step}
+    return {"camera 720p -> avatar 720p (engine step)": _engine_steps("indoor_upper_body.mp4", (1280, 720),
+                                                                      "    size: 1280x720\n")}
