@@ -41,7 +41,7 @@ from .face import Face
 log = logging.getLogger("avatarcast.reenact")
 
 N_LM = 478
-PREP_VERSION = "reenact-3"
+PREP_VERSION = "reenact-4"
 
 # ---- face-mesh index sets (mediapipe order) ----------------------------------------------------
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -69,8 +69,8 @@ EYE_R_RING = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153
 EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
 
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
-RING_WEIGHTS = (0.8, 0.35)
-RELIEF = 0.6  # depth relief of the avatar's face used for rotations (1 = as detected)  # how much of the head's rigid motion each ring follows (the border: 0)
+RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
+RELIEF = 0.85  # depth relief of the avatar's face used for rotations (1 = as detected)
 
 
 # ---- avatar preparation (pure, cached) ---------------------------------------------------------
@@ -135,6 +135,9 @@ def build_mesh(lm: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     ys = np.linspace(y0, y1, nb_y + 1)
     border = [(x, y0) for x in xs] + [(x, y1) for x in xs] + [(x0, y) for y in ys[1:-1]] + [(x1, y) for y in ys[1:-1]]
     border = np.array([(x, y, 0.0) for x, y in border])
+    for ring, wt in zip(rings, weights, strict=True):  # near the border a ring point follows less
+        room = np.minimum.reduce([ring[:, 0] - x0, x1 - ring[:, 0], ring[:, 1] - y0, y1 - ring[:, 1]])
+        wt *= np.clip(room / (0.25 * fw), 0.0, 1.0)
     verts = np.concatenate([p, *rings, border])
     weight = np.concatenate([np.ones(len(p)), *weights, np.zeros(len(border))])
     layout = verts[:, :2].copy()
@@ -284,6 +287,10 @@ class Pose:
     def rest() -> Pose:
         return Pose(np.zeros((N_LM, 3)), np.ones(2), np.eye(3), 1.0, np.zeros(2))
 
+    def head_part(self, f: float) -> Pose:
+        """The same expression with a fraction ``f`` of the head motion (turn, scale, shift)."""
+        return Pose(self.expr, self.eyes, rotation_scale(self.rot, f), 1.0 + f * (self.scale - 1.0), f * self.shift)
+
     def mix(self, other: Pose, w: float) -> Pose:
         """(1 - w) * self + w * other (rotation along the geodesic)."""
         rel = other.rot @ self.rot.T
@@ -371,9 +378,12 @@ class Motion:
 
     def likeness(self, d: np.ndarray) -> float:
         """How far normalised driver landmarks are from the avatar's (lower = a better neutral)."""
-        p = d.astype(np.float64)
-        s, r, t = similarity_3d(p[:468], self.avatar[:468])
-        q = (s * p[:468] @ r.T + t)[:, :2]
+        p = d.astype(np.float64)[:468].copy()
+        p[:, 2] = 0.0  # a 2D fit: a turned head must not look like a frontal one
+        a = self.avatar[:468].copy()
+        a[:, 2] = 0.0
+        s, r, t = similarity_3d(p, a)
+        q = (s * p @ r.T + t)[:, :2]
         fw = np.ptp(self.avatar[FACE_OVAL, 0]) + 1e-6
         return float(np.linalg.norm(q - self.avatar[:468, :2], axis=1).mean() / fw)
 
@@ -391,11 +401,11 @@ class Motion:
         pv = self.pivot_n
         moved = s * r @ pv + t - pv
         shift = self.follow * self.s_na * (self.r_na @ moved)[:2]
-        lim = 0.2 * np.ptp(self.avatar[FACE_OVAL, 0])  # a soft limit: the avatar stays in its frame
+        lim = 0.5 * np.ptp(self.avatar[FACE_OVAL, 0])  # a soft limit: the avatar stays in its frame
         mag = float(np.linalg.norm(shift))
         if mag > 1e-9:
             shift *= lim * math.tanh(mag / lim) / mag
-        return Pose(expr, eyes, rot, float(np.clip(s, 0.8, 1.25)), shift)
+        return Pose(expr, eyes, rot, float(np.clip(s, 0.75, 1.33)), shift)
 
 
 class AvatarRig:
@@ -474,6 +484,10 @@ class AvatarRig:
                   min(x1, int(np.ceil(pts[:, 0].max())) + 1), min(y1, int(np.ceil(pts[:, 1].max())) + 1))
         return np.ascontiguousarray(tris), region
 
+    def _ring_flips(self, placed: np.ndarray) -> bool:
+        rest = self.tris[~self.face_tri]
+        return bool((signed_areas(placed[:, :2], rest) * self.src_sign[~self.face_tri] < 0).any())
+
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
         """(V, 3) after the head motion; xy weighted per vertex (rings follow partly, the border not)."""
         moved = self.pivot + pose.scale * (verts - self.pivot) @ rot.T
@@ -500,16 +514,22 @@ class AvatarRig:
         verts[:N_LM] = lm
         rot = pose.rot
         # big turns: a face triangle that flips without any expression is self-occlusion, which the
-        # painter's order draws right; past a few, turn less (graceful clamp)
+        # painter's order draws right; when hair or background would fold, turn less: the largest
+        # fraction of the turn that folds nothing (bisection: continuous, so no jumps between frames)
+        base3 = self._rigid(self.verts, pose, rot)
         self.turn_scale = 1.0
-        for _ in range(4):
+        if self._ring_flips(base3):
+            lo, hi = 0.0, 1.0
+            for _ in range(6):
+                mid = 0.5 * (lo + hi)
+                if self._ring_flips(self._rigid(self.verts, pose.head_part(mid), rotation_scale(pose.rot, mid))):
+                    hi = mid
+                else:
+                    lo = mid
+            self.turn_scale = lo
+            pose = pose.head_part(lo)
+            rot = pose.rot
             base3 = self._rigid(self.verts, pose, rot)
-            flips = int((signed_areas(base3[:, :2], self.tris[~self.face_tri]) *
-                         np.sign(signed_areas(self.src2, self.tris[~self.face_tri])) < 0).sum())
-            if flips == 0:
-                break
-            self.turn_scale *= 0.75
-            rot = rotation_scale(pose.rot, self.turn_scale)
         moved = self._rigid(verts, pose, rot)
         self.last_base = base3[:, :2]
         dst, self.folds = unfold(self.src2, base3[:, :2], moved[:, :2], self.tris, self.check, *self.nb)
