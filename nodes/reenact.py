@@ -945,11 +945,12 @@ class Reenact(Node):
             return
         self._render(pose, out["frame"])
 
-    def _render_torch(self, pose: Pose, out: np.ndarray) -> None:
+    def _render_torch(self, pose: Pose, out: np.ndarray, device: str = "cuda") -> None:
+        """The same frame as ``_render`` with the warp in torch (CUDA live; CPU in the equality test)."""
         import torch
 
-        if getattr(self, "_tcanvas", None) is None:
-            self._tcanvas = torch.from_numpy(self.canvas).cuda()
+        if getattr(self, "_tcanvas", None) is None or self._tcanvas.device.type != device:
+            self._tcanvas = torch.from_numpy(self.canvas).to(device)
         dst = self.rig.place(pose)
         self.dst = dst
         tris, region = self.rig.moving(dst)

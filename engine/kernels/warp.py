@@ -292,6 +292,8 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
     bw = (bx1 - bx0 + 1)[idx]
     bh = (by1 - by0 + 1)[idx]
     order = idx[np.argsort(bw * bh, kind="stable")]
+    if not len(order):
+        return res
     rw, rh = x1 - x0, y1 - y0
     big = np.iinfo(np.int64).max
     owner = torch.full((rh * rw,), big, dtype=torch.int64, device=dev)

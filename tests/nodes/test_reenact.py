@@ -346,6 +346,19 @@ def test_torch_warp_matches_numba_on_a_real_avatar_mesh(child, talking):
     assert np.abs(a.astype(int) - b).max() <= 1
 
 
+def test_node_torch_path_gives_the_same_frames(child, talking):
+    pytest.importorskip("torch")
+    frames, lms = talking
+    node = make_node([child])
+    for lm in [lms[0], lms[60], lms[120], None]:
+        run(node, [face_of(lm)] if lm is not None else [])
+        a = np.empty_like(node.canvas)
+        b = np.empty_like(node.canvas)
+        node._render(node.last_pose, a)
+        node._render_torch(node.last_pose, b, device="cpu")
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
 def test_an_extra_mouth_open_shot_makes_the_mouth_measurably_better(tmp_path, webcam):
     """Self-reenactment: the avatar is a frame of the clip with the mouth closed; the clip drives it.
     With a second shot of the same person with an open mouth, the mouth region of the output is closer
