@@ -355,8 +355,6 @@ class Motion:
         self.follow = follow
         self.neutral: np.ndarray | None = None
         self.nb_idx, self.nb_mask = mesh_neighbours()
-        ar = self.avatar[RIGID]
-        self.avatar_rigid_n = (ar - ar.mean(0)) / np.sqrt(((ar - ar.mean(0)) ** 2).sum(1).mean())
 
     def capture(self, d: np.ndarray) -> None:
         n = d.astype(np.float64)

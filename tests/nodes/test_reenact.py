@@ -275,14 +275,12 @@ def test_no_face_driver_breathes_and_blinks(child):
     outs = [run(node, []).astype(np.int16) for _ in range(150)]
     diffs = [np.abs(outs[i] - outs[0]).mean() for i in range(1, 150)]
     assert max(diffs) > 0.5  # the avatar is not frozen
-    eyes_open = [node.last_pose.eyes.copy() for _ in range(1)]
     gaps = []
     node.reset()
     for _ in range(150):
         run(node, [])
         gaps.append(rk._eye_gaps(node.dst).mean())
     assert min(gaps) < 0.3 * max(gaps)  # a blink happened within 5 s
-    assert eyes_open
 
 
 def test_easing_face_blends_towards_idle(child):
