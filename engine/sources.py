@@ -58,8 +58,25 @@ class Source:
         self.close()
 
 
+class Pacer:
+    """Sleeps so that successive ``wait()`` calls happen ``fps`` times a second (a file or a still
+    image used as a live camera). Never tries to catch up more than half a second of backlog."""
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps
+        self._next = 0.0
+
+    def wait(self) -> None:
+        now = time.perf_counter()
+        if self._next == 0.0:
+            self._next = now
+        if self._next > now:
+            time.sleep(self._next - now)
+        self._next = max(self._next + self.period, time.perf_counter() - 0.5)
+
+
 class ImageSource(Source):
-    """A still image, repeated (``frames`` times, or forever when live)."""
+    """A still image, repeated (``frames`` times, or forever when live, paced at ``fps``)."""
 
     name = "image"
 
@@ -68,6 +85,8 @@ class ImageSource(Source):
         self.path = Path(path)
         self.fps = fps
         self.frame_count = frames
+        self.live = frames is None
+        self._pacer = Pacer(fps) if frames is None else None
         self._img: np.ndarray | None = None
         self._i = 0
 
@@ -83,6 +102,8 @@ class ImageSource(Source):
     def read(self, out: np.ndarray) -> bool:
         if self.frame_count is not None and self._i >= self.frame_count:
             return False
+        if self._pacer is not None:
+            self._pacer.wait()
         self._i += 1
         fit_into(self._img, out, "fit")
         return True
@@ -101,7 +122,7 @@ class VideoSource(Source):
         self.live = loop
         self._cap: cv2.VideoCapture | None = None
         self._read = 0
-        self._next_t = 0.0
+        self._pacer: Pacer | None = None
 
     def open(self) -> None:
         _check_readable(self.path)
@@ -129,13 +150,9 @@ class VideoSource(Source):
 
     def read(self, out: np.ndarray) -> bool:
         if self.paced:
-            now = time.perf_counter()
-            if self._next_t == 0.0:
-                self._next_t = now
-            delay = self._next_t - now
-            if delay > 0:
-                time.sleep(delay)
-            self._next_t = max(self._next_t + 1.0 / self.fps, time.perf_counter() - 0.5)
+            if self._pacer is None:
+                self._pacer = Pacer(self.fps)
+            self._pacer.wait()
         if self._pending_first:  # the frame decoded in open() (seeking back is unreliable on some files)
             self._pending_first = False
             ok, frame = True, self._first
@@ -248,8 +265,8 @@ class DemoSource(Source):
         self.frame_count = frames
         self.live = frames is None
         self.paced = paced
+        self._pacer = Pacer(fps) if paced else None
         self._i = 0
-        self._next_t = 0.0
 
     def open(self) -> None:
         w, h = self.size
@@ -263,12 +280,8 @@ class DemoSource(Source):
     def read(self, out: np.ndarray) -> bool:
         if self.frame_count is not None and self._i >= self.frame_count:
             return False
-        if self.paced:
-            now = time.perf_counter()
-            self._next_t = self._next_t or now
-            if self._next_t > now:
-                time.sleep(self._next_t - now)
-            self._next_t = max(self._next_t + 1.0 / self.fps, time.perf_counter() - 0.5)
+        if self._pacer is not None:
+            self._pacer.wait()
         i = self._i
         self._i += 1
         h, w = out.shape[:2]

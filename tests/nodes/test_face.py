@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.node import BuildContext
-from engine.preset import loads_preset
+from engine.preset import load_preset
 from engine.runtime import Engine
 from nodes import face_metrics as fmx
 from nodes import face_model
@@ -242,8 +242,8 @@ def test_features_on_the_expressions_clip(shared_data):
     assert mouth[305:320].mean() > 0.4 > 0.1 > mouth[80:130].mean()
 
 
-def test_face_node_in_a_preset_through_the_engine(shared_data):
-    preset = loads_preset("name: track\npipeline:\n  - node: face\n    draw: pose\n")
+def test_shipped_face_check_preset_tracks_and_draws(shared_data, repo):
+    preset = load_preset(repo / "presets" / "face_check.yaml")
     eng = Engine([preset], source_size=(720, 720), live=False)
     eng.start()
     try:
