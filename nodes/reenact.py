@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from engine import bench
-from engine.cache import cached
+from engine.cache import cached, content_key
 from engine.errors import UserError, Where
 from engine.kernels import warp as wk
 from engine.node import Node, register
@@ -42,6 +42,7 @@ log = logging.getLogger("avatarcast.reenact")
 
 N_LM = 478
 PREP_VERSION = "reenact-4"
+CACHE_NAMESPACE = "reenact_avatar"  # engine.cache namespace of prepare_avatar's arrays
 
 # ---- face-mesh index sets (mediapipe order) ----------------------------------------------------
 FACE_OVAL = np.array([10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
@@ -742,7 +743,27 @@ def load_avatar_data(paths: list[Path], landmark_files: list[Path | None]) -> di
         log.info("prepared avatar %s in %.2f s", ", ".join(p.name for p in paths), time.perf_counter() - t0)
         return res
 
-    return cached("reenact-avatar", files, compute, PREP_VERSION)
+    return cached(CACHE_NAMESPACE, files, compute, PREP_VERSION)
+
+
+def landmark_files(ctx, paths: list[Path]) -> list[Path | None]:
+    """`avatar.landmarks`: precomputed landmark files (.npy / .npz with `landmarks`), one per image."""
+    raw = ctx.avatar.raw.get("landmarks")
+    if raw is None:
+        return [None] * len(paths)
+    items = [raw] if isinstance(raw, str) else list(raw)
+    files: list[Path | None] = []
+    for i in range(len(paths)):
+        item = items[i] if i < len(items) else None
+        if item is None:
+            files.append(None)
+            continue
+        f = ctx.resolve(str(item))
+        if not f.is_file():
+            raise UserError(f"avatar landmarks file not found: {item!r}", Where(ctx.preset_file),
+                            "paths are relative to the preset file")
+        files.append(f)
+    return files
 
 
 @register
@@ -835,23 +856,19 @@ class Reenact(Node):
         self._render(Pose.rest(), out)
 
     def _landmark_files(self, paths: list[Path]) -> list[Path | None]:
-        """`avatar.landmarks`: precomputed landmark files (.npy / .npz with `landmarks`), one per image."""
-        raw = self.ctx.avatar.raw.get("landmarks")
-        if raw is None:
-            return [None] * len(paths)
-        items = [raw] if isinstance(raw, str) else list(raw)
-        files: list[Path | None] = []
-        for i in range(len(paths)):
-            item = items[i] if i < len(items) else None
-            if item is None:
-                files.append(None)
-                continue
-            f = self.ctx.resolve(str(item))
-            if not f.is_file():
-                raise UserError(f"avatar landmarks file not found: {item!r}", Where(self.ctx.preset_file),
-                                "paths are relative to the preset file")
-            files.append(f)
-        return files
+        return landmark_files(self.ctx, paths)
+
+    @staticmethod
+    def bundle_precomputed(params: dict, ctx) -> list[tuple[str, str, dict[str, np.ndarray]]]:
+        """For `avatarcast bundle`: the prepared avatar (landmarks, mesh), so an installed bundle opens
+        without running the detector."""
+        paths = list(ctx.avatar.images)
+        if not paths:
+            return []
+        marks = landmark_files(ctx, paths)
+        data = load_avatar_data(paths, marks)
+        key = content_key(CACHE_NAMESPACE, paths + [f for f in marks if f is not None], PREP_VERSION)
+        return [(CACHE_NAMESPACE, key, dict(data))]
 
     def reset(self) -> None:
         self.motion.neutral = None

@@ -434,3 +434,26 @@ def test_avatarcast_demo_writes_a_reenactment_video(tmp_path):
         frames.append(f)
     assert len(frames) == 24 and frames[0].shape == (512, 512, 3)
     assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1
+
+
+def test_a_bundled_reenact_preset_opens_without_the_detector(child, tmp_path, monkeypatch):
+    from engine import cache
+    from engine.bundle import install, pack
+    from engine.library import find_preset
+
+    monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "child.jpg").write_bytes(child.read_bytes())
+    (src / "my.yaml").write_text("# reenact the painted child with the webcam face, a bundle round trip test\n"
+                                 "schema: 1\nname: bundled child\navatar:\n  images: [child.jpg]\n"
+                                 "pipeline:\n  - node: face\n  - node: reenact\n")
+    out = pack(src / "my.yaml", tmp_path / "child.avatar", creator="avatarcast tests", license="CC0-1.0")
+    monkeypatch.setenv("AVATARCAST_CACHE", str(tmp_path / "fresh-cache"))
+    cache.clear_memory()
+    install(out)
+    assert len(list((tmp_path / "fresh-cache" / rk.CACHE_NAMESPACE).glob("*.npz"))) == 1
+    monkeypatch.setattr(rk, "detect_landmarks", lambda *a, **k: pytest.fail("the detector ran"))
+    preset = find_preset("bundled child")
+    node = make_node(preset.avatar.images, idle=False)
+    assert node.rig.lm.shape == (478, 3)
