@@ -778,8 +778,8 @@ class Reenact(Node):
     params = (
         Param("size", "size", None, "output size WxH (default: the avatar image's size; letterboxed)",
               optional=True, live=False),
-        Param("neutral", "choice", "auto", "driver neutral: the first tracked frame, or the frame most like the "
-              "avatar within the first `calibrate_s` seconds", choices=("first", "auto")),
+        Param("neutral", "choice", "first", "driver neutral: the first tracked frame (steadiest), or the frame most "
+              "like the avatar within the first `calibrate_s` seconds", choices=("first", "auto")),
         Param("calibrate_s", "float", 1.5, "seconds in which `neutral: auto` looks for the best neutral",
               min=0.0, max=10.0, step=0.5),
         Param("max_turn", "float", 32.0, "largest head rotation passed to the avatar, degrees (softly clamped)",
