@@ -192,10 +192,11 @@ def cmd_demo(args) -> int:
 def _default_demo_source(args):
     from .sources import DemoSource
 
-    return DemoSource(args.size or (1280, 720), 30.0, frames=args.frames)
+    # the demo preset's scripted driver only takes its pace from these frames: keep them small
+    return DemoSource(args.size or (512, 512), 30.0, frames=args.frames)
 
 
-DEMO_SOURCE_FACTORY = _default_demo_source  # issue-3 reenactment demo replaces this with a scripted driver
+DEMO_SOURCE_FACTORY = _default_demo_source
 
 
 def _play(path: Path, sink) -> None:

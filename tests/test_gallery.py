@@ -79,11 +79,14 @@ def test_gallery_preset(path, validator, streamer_home):
 
 
 @pytest.mark.parametrize("path", GALLERY, ids=[p.name for p in GALLERY])
-def test_plain_gallery_presets_render(path):
+def test_plain_gallery_presets_render(path, streamer_home):
     """Presets made only of model-free nodes render on the demo source at the size they expect."""
     from engine.runtime import Engine
     from engine.sources import DemoSource
 
+    for ref in file_refs(upgrade(load_file(path), path)):
+        if ref.value.startswith("~"):
+            _supply(streamer_home, ref.value)  # the streamer's own pictures
     preset = load_preset(path)
     reg = discover()
     if any(reg[n.kind].family not in PLAIN_FAMILIES for n in preset.nodes) or preset.avatar.images:

@@ -9,7 +9,14 @@ A thin wrapper checks dtype, shape and contiguity once per call (cheap) and disp
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+# numba's OpenMP workers sleep between kernels instead of spinning: on a 2-core machine shared with
+# mediapipe's threads, spinning burnt more CPU than the kernels themselves (reenact node: 19 ms of CPU
+# per frame spinning vs 7 ms passive). Read by the OpenMP runtime when numba first runs a kernel.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 JIT = dict(cache=True, nogil=True, parallel=True, fastmath=False)
 

@@ -184,6 +184,69 @@ def lut3d_torch(src, prepared_t: tuple, method: str = "tetrahedral"):
     return (v + 0.5).clamp_(0, 255).to(torch.uint8)
 
 
+# ---- baked 3D LUT: every 8-bit colour precomputed -------------------------------------------------
+# A uint8 frame has only 2^24 colours. Running the interpolation once over all of them (about 0.1 s)
+# gives a 48 MiB table; each pixel is then one lookup: the same bytes out, several times faster, since
+# camera frames reuse nearby colours and so stay in cache.
+
+BAKE_CHUNK = 16  # blue values per bake step: 16 * 65536 colours, 3 MiB of input at a time
+
+
+def _bake_chunk_src(b0: int, nb_: int) -> np.ndarray:
+    v = np.arange(nb_ << 16, dtype=np.uint32)
+    src = np.empty((nb_ * 256, 256, 3), np.uint8)
+    flat = src.reshape(-1, 3)
+    flat[:, 0] = (v >> 16) + b0
+    flat[:, 1] = (v >> 8) & 255
+    flat[:, 2] = v & 255
+    return src
+
+
+def bake_3d(prepared: tuple, method: str = "tetrahedral", stop=None) -> np.ndarray | None:
+    """All 2^24 BGR colours through ``lut3d_numba``: a flat uint8 table indexed by
+    ``(b << 16 | g << 8 | r) * 3``. ``stop()`` returning True abandons the bake (returns None)."""
+    baked = np.empty(3 << 24, np.uint8)
+    view = baked.reshape(256 * 256, 256, 3)
+    for b0 in range(0, 256, BAKE_CHUNK):
+        if stop is not None and stop():
+            return None
+        src = _bake_chunk_src(b0, BAKE_CHUNK)
+        lut3d_numba(src, prepared, view[b0 * 256:(b0 + BAKE_CHUNK) * 256], method)
+    return baked
+
+
+@nb.njit(**JIT)
+def _lut_baked(src, baked, out):
+    h, w = src.shape[0], src.shape[1]
+    for y in nb.prange(h):
+        for x in range(w):
+            k = ((np.int64(src[y, x, 0]) << 16) | (np.int64(src[y, x, 1]) << 8) | np.int64(src[y, x, 2])) * 3
+            out[y, x, 0] = baked[k]
+            out[y, x, 1] = baked[k + 1]
+            out[y, x, 2] = baked[k + 2]
+
+
+def lut_baked_numba(src: np.ndarray, baked: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Apply a baked 3D LUT (``bake_3d``) to a BGR uint8 frame, into ``out``."""
+    check_frame(src, "src")
+    check_same(src, out)
+    if baked.shape != (3 << 24,) or baked.dtype != np.uint8:
+        raise ValueError(f"baked: expected ({3 << 24},) uint8 from bake_3d, got {baked.shape} {baked.dtype}")
+    _lut_baked(src, baked, out)
+    return out
+
+
+def lut_baked_ref(src: np.ndarray, baked: np.ndarray) -> np.ndarray:
+    s = src.astype(np.int64)
+    return baked.reshape(256, 256, 256, 3)[s[..., 0], s[..., 1], s[..., 2]]
+
+
+def lut_baked_torch(src, baked):
+    """torch version: src (H, W, 3) uint8 tensor, baked the flat table as a tensor on src's device."""
+    s = src.long()
+    return baked.view(256, 256, 256, 3)[s[..., 0], s[..., 1], s[..., 2]]
+
+
 # ---- per-channel 256-entry tables ------------------------------------------------------------------
 
 def prepare_1d(table: np.ndarray, domain_min, domain_max, amount: float = 1.0) -> np.ndarray:
@@ -238,3 +301,4 @@ def warmup() -> None:
     lut3d_numba(f, prep, np.empty_like(f), "tetrahedral")
     lut3d_numba(f, prep, np.empty_like(f), "trilinear")
     table8_numba(f, np.zeros((3, 256), np.uint8), np.empty_like(f))
+    _lut_baked(f, np.zeros(3 << 24, np.uint8), np.empty_like(f))

@@ -178,3 +178,53 @@ def test_error_missing_size_and_wrong_column_count():
 def test_load_cube_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_cube(tmp_path / "nope.cube")
+
+
+# ---- baked 3D LUT (every 8-bit colour precomputed) ------------------------------------------------
+
+def _film_prep(amount=1.0):
+    from nodes.color import film_look_table
+
+    return lk.prepare_3d(film_look_table(17), (0, 0, 0), (1, 1, 1), amount)
+
+
+@pytest.mark.parametrize("method", ["tetrahedral", "trilinear"])
+def test_baked_lut_is_bit_identical_to_interpolation(method):
+    import torch
+
+    prep = _film_prep(0.7)
+    baked = lk.bake_3d(prep, method)
+    src = np.random.default_rng(3).integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    direct = lk.lut3d_numba(src, prep, np.empty_like(src), method)
+    np.testing.assert_array_equal(lk.lut_baked_numba(src, baked, np.empty_like(src)), direct)
+    np.testing.assert_array_equal(lk.lut_baked_ref(src, baked), direct)
+    np.testing.assert_array_equal(lk.lut_baked_torch(torch.from_numpy(src), torch.from_numpy(baked)).numpy(), direct)
+
+
+def test_bake_can_be_abandoned():
+    assert lk.bake_3d(_film_prep(), "tetrahedral", stop=lambda: True) is None
+
+
+def test_lut_node_live_amount_change_rebakes_in_background(tmp_path):
+
+    from engine.cube import write_cube
+    from engine.graph import build_graph
+    from engine.node import BuildContext
+    from engine.preset import loads_preset
+    from nodes.color import apply_lut, film_look_table
+
+    write_cube(tmp_path / "look.cube", film_look_table(17))
+    g = build_graph(loads_preset("name: l\npipeline:\n  - {node: lut, file: look.cube, amount: 1.0}\n",
+                                 base_dir=tmp_path), BuildContext(source_size=(40, 50)))
+    src = np.random.default_rng(4).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    lut = load_cube(tmp_path / "look.cube")
+    with g:
+        node = g.run_by_id["lut"].node
+        assert node._baked is not None  # baked at open, before the first frame
+        np.testing.assert_array_equal(g.process(src), apply_lut(src, lut, amount=1.0))
+        node.set_param("amount", 0.4)
+        assert node._baked is None  # the old table is dropped at once; frames use the direct kernel
+        np.testing.assert_array_equal(g.process(src), apply_lut(src, lut, amount=0.4))
+        node._bake_thread.join(timeout=60)
+        assert node._baked is not None
+        np.testing.assert_array_equal(g.process(src), apply_lut(src, lut, amount=0.4))

@@ -1,0 +1,459 @@
+"""The reenact node on real faces: identity, synthetic motions, holes and folds over a real clip, bad
+avatars, no-face drivers, idle animation, few-shot shots, the demo driver and presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.graph import build_graph
+from engine.kernels import warp as wk
+from engine.node import Avatar, BuildContext
+from engine.preset import load_preset, loads_preset
+from nodes import reenact as rk
+from nodes.face import Face, MeshDetector
+
+
+def make_node(images: list[Path], fps: float = 30.0, **params) -> rk.Reenact:
+    ctx = BuildContext(avatar=Avatar(images=list(images)), fps=fps)
+    values, problems = rk.Reenact.validate_params(params)
+    assert not problems
+    node = rk.Reenact("reenact", values, ctx)
+    node.out_shapes = node.configure({})
+    node.open()
+    return node
+
+
+def face_of(lm: np.ndarray, **kw) -> Face:
+    lm = np.asarray(lm, np.float32)
+    return Face(landmarks=lm, box=(*lm[:, :2].min(0), *lm[:, :2].max(0)), **kw)
+
+
+def run(node: rk.Reenact, faces: list) -> np.ndarray:
+    h, w = node.out_shapes["frame"]
+    out = np.zeros((h, w, 3), np.uint8)
+    node.process({"frame": None, "faces": faces}, {"frame": out})
+    return out
+
+
+def no_holes(node: rk.Reenact, out: np.ndarray) -> bool:
+    """Warp this frame's mesh with every triangle (the node warps only the moving ones) and check that
+    each pixel of the mesh's rectangle is covered, and that the node's frame is that warp (up to the
+    quarter-pixel motion of the triangles it left as they are)."""
+    full = np.empty_like(node.canvas)
+    np.copyto(full, node.canvas)
+    state = wk.MeshWarp(full.shape[:2], len(node.rig.tris))
+    wk.warp_mesh_numba(node.canvas, node.rig.src2, node.dst, node.rig.order_tris, full, node.rig.region, state)
+    x0, y0, x1, y1 = node.rig.region
+    covered = bool(state.cover[y0:y1, x0:x1].all())
+    painted = node.mouth.amount > 0 or bool(node.shots.used)  # the mouth / extra shots drawn on top
+    close = painted or np.abs(full.astype(np.int16) - out).mean() < 0.5
+    return covered and close
+
+
+def clip_frames(path: Path, n: int, step: int = 1) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    i = 0
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            frames.append(f)
+        i += 1
+    cap.release()
+    return frames
+
+
+def track(frames: list[np.ndarray]) -> list[np.ndarray | None]:
+    det = MeshDetector(static=False, max_faces=1)
+    try:
+        return [next(iter(det.detect(f)), None) for f in frames]
+    finally:
+        det.close()
+
+
+@pytest.fixture(scope="session")
+def talking(shared_data):
+    """woman_talking.mp4: its first 240 frames and their landmarks (mediapipe tracking mode)."""
+    frames = clip_frames(shared_data / "driving" / "woman_talking.mp4", 240)
+    return frames, track(frames)
+
+
+@pytest.fixture(scope="session")
+def webcam(shared_data):
+    """webcam_glasses.mp4 (183 frames, talking with a wide-open mouth) and its landmarks."""
+    frames = clip_frames(shared_data / "driving" / "webcam_glasses.mp4", 183)
+    return frames, track(frames)
+
+
+@pytest.fixture(scope="session")
+def child(shared_data):
+    return shared_data / "avatars" / "painted_child.jpg"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("AVATARCAST_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# ---- preparation -------------------------------------------------------------------------------
+
+def test_no_face_avatar_fails_when_the_preset_opens(shared_data, tmp_path):
+    cat = shared_data / "avatars" / "cat_no_face.jpg"
+    preset = loads_preset(f"name: cat\navatar:\n  images: ['{cat}']\npipeline:\n  - node: face\n  - node: reenact\n")
+    graph = build_graph(preset, BuildContext(source_size=(256, 256)))
+    with pytest.raises(UserError) as exc:
+        graph.open()
+    assert "cat_no_face.jpg" in str(exc.value) and "no face" in str(exc.value)
+
+
+def test_preparation_is_a_pure_cached_function(child):
+    img = cv2.imread(str(child))
+    direct = rk.prepare_avatar([img], [str(child)])
+    via_cache = rk.load_avatar_data([child], [None])
+    again = rk.load_avatar_data([child], [None])
+    assert again is via_cache  # in memory the second time
+    for key in ("landmarks", "verts", "tris", "rect", "features"):
+        assert np.allclose(direct[key], via_cache[key]), key
+    assert direct["landmarks"].shape == (1, 478, 3)
+    tris = direct["tris"]
+    assert tris.min() >= 0 and tris.max() < len(direct["verts"])
+
+
+# ---- identity and synthetic motions --------------------------------------------------------------
+
+def test_driver_at_its_neutral_reproduces_the_avatar(child):
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    lm[:, :2] = lm[:, :2] * 1.7 + [40, -25]  # another face size and place: only the change matters
+    lm[:, 2] *= 1.7
+    for _ in range(3):
+        out = run(node, [face_of(lm)])
+    l1 = np.abs(out.astype(np.float32) - node.canvas).mean() / 255.0
+    assert l1 < 0.002
+
+
+def _mouth_open(lm: np.ndarray, amount: float) -> np.ndarray:
+    """Drop the lower lip and the jaw below the mouth by ``amount`` x mouth width."""
+    out = lm.copy()
+    mw = np.linalg.norm(lm[rk.MOUTH_R, :2] - lm[rk.MOUTH_L, :2])
+    y_mouth = lm[[rk.LIP_TOP, rk.LIP_BOTTOM], 1].mean()
+    y_chin = lm[152, 1]
+    below = (lm[:, 1] > y_mouth) & (np.abs(lm[:, 0] - lm[rk.LIP_BOTTOM, 0]) < 1.6 * mw)
+    fall = np.clip(1.0 - (lm[:, 1] - y_mouth) / (y_chin - y_mouth + 1e-6) * 0.3, 0.6, 1.0)
+    out[below, 1] += amount * mw * fall[below]
+    out[rk.INNER_LOWER, 1] = np.maximum(out[rk.INNER_LOWER, 1], lm[rk.INNER_LOWER, 1] + amount * mw)
+    return out
+
+
+def test_mouth_open_moves_the_mouth_and_paints_a_cavity(child):
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    out = run(node, [face_of(_mouth_open(lm, 0.35))])
+    diff = np.abs(out.astype(np.int16) - node.canvas).max(axis=2)
+    mouth = node.rig.lm[rk.OUTER_LIPS, :2]
+    x0, y0 = mouth.min(0).astype(int) - 5
+    x1, y1 = mouth.max(0).astype(int) + 5
+    fw = node.rig.fw
+    assert diff[y0:y1 + int(0.3 * fw), x0:x1].mean() > 10  # the mouth and chin changed
+    eyes = node.rig.lm[np.r_[rk.EYE_R_RING, rk.EYE_L_RING], :2]
+    ex0, ey0 = eyes.min(0).astype(int)
+    ex1, ey1 = eyes.max(0).astype(int)
+    assert diff[ey0 - 10:ey0 - 3, ex0:ex1].mean() < 2  # above the eyes nothing moved
+    # the open mouth is dark inside (a cavity), not stretched lip colour, with lighter teeth at its top
+    inside = np.zeros(out.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(node.dst[rk.INNER_LIPS]).astype(np.int32)], 1)
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)[inside > 0]
+    lips = cv2.cvtColor(node.canvas, cv2.COLOR_BGR2GRAY)[
+        int(mouth[:, 1].min()):int(mouth[:, 1].max()) + 1, int(mouth[:, 0].min()):int(mouth[:, 0].max()) + 1].mean()
+    assert np.percentile(gray, 20) < 0.5 * lips
+    assert np.percentile(gray, 95) > lips  # teeth
+    assert node.mouth.amount > 0.9
+
+
+def _yaw(lm: np.ndarray, deg: float) -> np.ndarray:
+    c = lm[rk.RIGID].mean(0) + [0, 0, 0.45 * np.ptp(lm[rk.FACE_OVAL, 0])]
+    r = cv2.Rodrigues(np.array([0.0, np.radians(deg), 0.0]))[0]
+    return ((lm - c) @ r.T + c).astype(np.float32)
+
+
+def test_head_turn_moves_the_face_sideways_in_3d_and_keeps_far_background(child):
+    node = make_node([child], idle=False, follow=0.0)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    out = run(node, [face_of(_yaw(lm, 20))])
+    nose0, nose1 = node.rig.src2[1], node.dst[1]
+    cheek_l0, cheek_l1 = node.rig.src2[234], node.dst[234]
+    cheek_r0, cheek_r1 = node.rig.src2[454], node.dst[454]
+    # the nose (near the camera) moves more than the cheeks: a rotation, not a 2D shift
+    assert abs(nose1[0] - nose0[0]) > 3
+    assert abs(nose1[0] - nose0[0]) > abs(cheek_l1[0] - cheek_l0[0]) + 1
+    # the far cheek comes closer to the nose, the near one goes further: foreshortening
+    w0 = cheek_r0[0] - cheek_l0[0]
+    w1 = cheek_r1[0] - cheek_l1[0]
+    assert w1 < w0
+    # outside the warped area the avatar is untouched
+    x0, y0, x1, y1 = node.rig.region
+    mask = np.ones(out.shape[:2], bool)
+    mask[y0:y1, x0:x1] = False
+    assert np.array_equal(out[mask], node.canvas[mask])
+    assert no_holes(node, out)
+
+
+def test_big_turns_are_clamped_gracefully(child):
+    node = make_node([child], idle=False, max_turn=30.0)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    run(node, [face_of(_yaw(lm, 80))])
+    ang = np.degrees(np.linalg.norm(cv2.Rodrigues(node.last_pose.rot)[0]))
+    assert 20 < ang <= 30.0 + 1e-6
+    out = run(node, [face_of(_yaw(lm, 80))])
+    assert no_holes(node, out)
+
+
+def test_blink_and_wink_close_each_eye(child):
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    wink = lm.copy()
+    wink[rk.EYE_L_UP] = lm[rk.EYE_L_LO] + 0.05 * (lm[rk.EYE_L_UP] - lm[rk.EYE_L_LO])
+    run(node, [face_of(wink)])
+    gaps = rk._eye_gaps(node.dst)
+    assert gaps[1] < 0.08 * rk._eye_gaps(node.rig.lm)[1] + 0.01  # the left eye closed
+    assert abs(gaps[0] - rk._eye_gaps(node.rig.lm)[0]) < 0.02  # the right one stayed open
+
+
+# ---- a real clip: no holes, no folds; drivers with no face or two faces ---------------------------
+
+def test_real_clip_has_no_holes_and_no_fold_overs(shared_data, talking):
+    frames, lms = talking
+    node = make_node([shared_data / "avatars" / "mona_lisa.jpg"])
+    src_area = rk.signed_areas(node.rig.src2, node.rig.tris)
+    checked = node.rig.check & (np.abs(src_area) > 1.0)
+    moved = 0.0
+    for lm in lms[::2]:
+        out = run(node, [face_of(lm)] if lm is not None else [])
+        assert no_holes(node, out)
+        d_area = rk.signed_areas(node.dst, node.rig.tris)
+        base = node.rig.last_base
+        base_ok = rk.signed_areas(base, node.rig.tris) * np.sign(src_area) >= 0.02 * np.abs(src_area)
+        flipped = checked & base_ok & (d_area * np.sign(src_area) < 0.02 * np.abs(src_area))
+        assert not flipped.any()
+        moved = max(moved, float(np.abs(node.dst - node.rig.src2).max()))
+        assert np.isfinite(out).all()
+    assert moved > 3  # it did move
+
+
+def test_driver_with_no_face_half_a_face_and_two_faces(child, talking):
+    frames, lms = talking
+    node = make_node([child])
+    lm = next(x for x in lms if x is not None)
+    run(node, [face_of(lm)])
+    run(node, [])  # no face
+    half = lm.copy()
+    half[:, 0] = np.minimum(half[:, 0], np.median(half[:, 0]))  # half the face squashed onto the midline
+    out = run(node, [face_of(half)])
+    assert out.shape == node.canvas.shape
+    other = lm.copy()
+    other[:, :2] = other[:, :2] * 0.5 + 3
+    out = run(node, [face_of(other, track_id=7), face_of(lm, track_id=0)])
+    assert node.track_id == 0  # keeps following the same person
+    bad = lm.copy()
+    bad[5] = np.nan
+    run(node, [face_of(bad)])  # a broken record does not stop the stream
+
+
+def test_no_face_driver_breathes_and_blinks(child):
+    node = make_node([child], fps=30.0)
+    outs = [run(node, []).astype(np.int16) for _ in range(150)]
+    diffs = [np.abs(outs[i] - outs[0]).mean() for i in range(1, 150)]
+    assert max(diffs) > 0.5  # the avatar is not frozen
+    gaps = []
+    node.reset()
+    for _ in range(150):
+        run(node, [])
+        gaps.append(rk._eye_gaps(node.dst).mean())
+    assert min(gaps) < 0.3 * max(gaps)  # a blink happened within 5 s
+
+
+def test_easing_face_blends_towards_idle(child):
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    run(node, [face_of(_mouth_open(lm, 0.3))])
+    open_gap = np.linalg.norm(node.dst[rk.LIP_BOTTOM] - node.dst[rk.LIP_TOP])
+    run(node, [face_of(_mouth_open(lm, 0.3), state="easing", neutral_weight=0.5)])
+    half_gap = np.linalg.norm(node.dst[rk.LIP_BOTTOM] - node.dst[rk.LIP_TOP])
+    assert 0.3 * open_gap < half_gap < 0.7 * open_gap
+
+
+def sharpness(img: np.ndarray) -> float:
+    return float(np.abs(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.CV_32F)).mean())
+
+
+def test_non_human_face_is_sane(shared_data, talking):
+    frames, lms = talking
+    node = make_node([shared_data / "avatars" / "dog.jpg"])
+    for lm in lms[:120:4]:
+        out = run(node, [face_of(lm)] if lm is not None else [])
+        assert no_holes(node, out)
+        # no tear: a torn frame has edges the picture has not (and a smeared one loses most of them)
+        assert 0.6 < sharpness(out) / sharpness(node.canvas) < 1.2
+
+
+def test_recalibrate_takes_a_new_neutral(child):
+    node = make_node([child], idle=False, neutral="first")
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    opened = _mouth_open(lm, 0.3)
+    run(node, [face_of(opened)])
+    assert node.mouth.amount > 0.5
+    node.command("recalibrate", {})
+    out = run(node, [face_of(opened)])  # the open mouth is the new neutral
+    assert node.mouth.amount == 0.0
+    assert np.abs(out.astype(np.float32) - node.canvas).mean() < 0.5
+
+
+def test_auto_neutral_picks_the_frame_most_like_the_avatar(child):
+    node = make_node([child], idle=False, neutral="auto", calibrate_s=1.0)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(_mouth_open(lm, 0.3))])  # the streamer starts with an open mouth
+    run(node, [face_of(lm)])  # then shows a face like the avatar's
+    assert np.allclose(node.motion.neutral, lm)
+
+
+# ---- torch path and few-shot ---------------------------------------------------------------------
+
+def test_torch_warp_matches_numba_on_a_real_avatar_mesh(child, talking):
+    torch = pytest.importorskip("torch")
+    frames, lms = talking
+    node = make_node([child], idle=False)
+    run(node, [face_of(lms[0])])
+    run(node, [face_of(lms[40])])
+    dst, tris = node.dst, node.rig.order_tris
+    a = node.canvas.copy()
+    wk.warp_mesh_numba(node.canvas, node.rig.src2, dst, tris, a, node.rig.region)
+    b = wk.warp_mesh_torch(torch.from_numpy(node.canvas), node.rig.src2, dst, tris, None, node.rig.region).numpy()
+    assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_node_torch_path_gives_the_same_frames(child, talking):
+    pytest.importorskip("torch")
+    frames, lms = talking
+    node = make_node([child])
+    for lm in [lms[0], lms[60], lms[120], None]:
+        run(node, [face_of(lm)] if lm is not None else [])
+        a = np.empty_like(node.canvas)
+        b = np.empty_like(node.canvas)
+        node._render(node.last_pose, a)
+        node._render_torch(node.last_pose, b, device="cpu")
+        assert np.abs(a.astype(int) - b).max() <= 1
+
+
+def test_an_extra_mouth_open_shot_makes_the_mouth_measurably_better(tmp_path, webcam):
+    """Self-reenactment: the avatar is a frame of the clip with the mouth closed; the clip drives it.
+    With a second shot of the same person with an open mouth, the mouth region of the output is closer
+    to the real frames (real teeth and mouth interior instead of a synthesised one)."""
+    frames, lms = webcam
+    feats = np.array([rk.expression_features(m)[0] if m is not None else np.nan for m in lms])
+    idx = np.arange(len(feats))
+    closed = int(np.nanargmin(np.where(idx < 90, feats, np.nan)))
+    shot = int(np.nanargmax(np.where(idx < 90, feats, np.nan)))
+    targets = [i for i in range(90, len(feats)) if feats[i] > 0.5 * feats[shot]][::3]
+    assert len(targets) >= 3, "the clip needs open-mouth frames"
+    cv2.imwrite(str(tmp_path / "closed.png"), frames[closed])
+    cv2.imwrite(str(tmp_path / "open.png"), frames[shot])
+    errs = {}
+    for name, images in (("one", ["closed.png"]), ("few", ["closed.png", "open.png"])):
+        node = make_node([tmp_path / i for i in images], idle=False, neutral="first")
+        run(node, [face_of(lms[closed])])
+        e = []
+        for i in targets:
+            out = run(node, [face_of(lms[i])])
+            lips = lms[i][rk.OUTER_LIPS, :2]
+            x0, y0 = np.floor(lips.min(0)).astype(int) - 2
+            x1, y1 = np.ceil(lips.max(0)).astype(int) + 2
+            e.append(np.abs(out[y0:y1, x0:x1].astype(np.float32) - frames[i][y0:y1, x0:x1]).mean() / 255.0)
+        errs[name] = float(np.mean(e))
+    assert errs["few"] < 0.85 * errs["one"], errs
+
+
+# ---- demo and presets ------------------------------------------------------------------------------
+
+def test_shipped_presets_validate(repo):
+    for f in sorted((repo / "presets").glob("*.yaml")):
+        text = f.read_text()
+        if "reenact" not in text:
+            continue
+        assert text.lstrip().startswith("#"), f"{f.name}: needs a comment block saying what it does"
+        if "~/" in text:
+            continue  # points at the streamer's own picture
+        load_preset(f)
+
+
+def test_scripted_driver_animates_the_demo_avatar(repo):
+    graph = build_graph(load_preset(repo / "presets" / "demo.yaml"), BuildContext(source_size=(256, 256)))
+    with graph:
+        frame = np.zeros((256, 256, 3), np.uint8)
+        frame.flags.writeable = False
+        node = graph.run_by_id[next(r.spec.id for r in graph.runs if r.spec.kind == "reenact")].node
+        outs, mouths, eyes = [], [], []
+        for _ in range(90):
+            outs.append(graph.process(frame, strict=True).copy())
+            mouths.append(node.mouth.amount)
+            eyes.append(rk._eye_gaps(node.dst).min())
+            assert no_holes(node, outs[-1])
+    assert outs[0].shape == (512, 512, 3)
+    assert np.abs(outs[45].astype(int) - outs[0]).mean() > 2  # it moves
+    assert max(mouths) > 0.5  # it talks
+    assert min(eyes) < 0.3 * max(eyes)  # it blinks
+    # the scripted faces are what a face node gives: a pose from the 3D fit
+    faces = graph.run_by_id[graph.runs[0].spec.id].out["faces"]
+    assert len(faces) == 1 and faces[0].landmarks.shape == (478, 3) and abs(faces[0].yaw) < 30
+
+
+def test_avatarcast_demo_writes_a_reenactment_video(tmp_path):
+    from engine.cli import build_parser
+
+    out = tmp_path / "demo.mp4"
+    args = build_parser().parse_args(["demo", "-o", str(out), "--frames", "24", "--no-progress"])
+    assert args.func(args) == 0
+    cap = cv2.VideoCapture(str(out))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert len(frames) == 24 and frames[0].shape == (512, 512, 3)
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1
+
+
+def test_a_bundled_reenact_preset_opens_without_the_detector(child, tmp_path, monkeypatch):
+    from engine import cache
+    from engine.bundle import install, pack
+    from engine.library import find_preset
+
+    monkeypatch.setenv("AVATARCAST_HOME", str(tmp_path / "home"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "child.jpg").write_bytes(child.read_bytes())
+    (src / "my.yaml").write_text("# reenact the painted child with the webcam face, a bundle round trip test\n"
+                                 "schema: 1\nname: bundled child\navatar:\n  images: [child.jpg]\n"
+                                 "pipeline:\n  - node: face\n  - node: reenact\n")
+    out = pack(src / "my.yaml", tmp_path / "child.avatar", creator="avatarcast tests", license="CC0-1.0")
+    monkeypatch.setenv("AVATARCAST_CACHE", str(tmp_path / "fresh-cache"))
+    cache.clear_memory()
+    install(out)
+    assert len(list((tmp_path / "fresh-cache" / rk.CACHE_NAMESPACE).glob("*.npz"))) == 1
+    monkeypatch.setattr(rk, "detect_landmarks", lambda *a, **k: pytest.fail("the detector ran"))
+    preset = find_preset("bundled child")
+    node = make_node(preset.avatar.images, idle=False)
+    assert node.rig.lm.shape == (478, 3)
