@@ -813,8 +813,9 @@ class Reenact(Node):
         size = None if self.p["size"] is None else (ow, oh)
         canvases, shot_verts = [], []
         s0, off0, _ = _fit(tuple(data["sizes"][0]), size)
+        decoded = self.ctx.shared.get("avatar_images")  # decoded by the engine while preparing the preset
         for k, path in enumerate(paths):
-            img = _read_image(path)
+            img = decoded[k] if decoded is not None and len(decoded) == len(paths) else _read_image(path)
             if k == 0:
                 s, off = s0, off0
                 canvas = np.zeros((oh, ow, 3), np.uint8)

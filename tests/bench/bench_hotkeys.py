@@ -18,7 +18,10 @@ with the preparing thread's mitigations off (normal priority, no pauses). Per ph
 more than half an interval late, the latest tick, frames dropped, capture->output latency.
 Target: preparing never makes an output frame late (same late count as the idle phase).
 
-Needs Xvfb and xdotool (apt-get install xvfb xdotool). Runs ~1.5 minutes.
+``--pipeline reenact``: the same with 3 presets ``face`` + ``reenact`` on real paintings at 640x360
+(a fresh AVATARCAST_CACHE: the first preparation of each avatar is cold, reloads hit the cache).
+
+Needs Xvfb and xdotool (apt-get install xvfb xdotool). Runs ~2 minutes.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from engine.sinks import Sink  # noqa: E402
 from engine.sources import DemoSource  # noqa: E402
 
 SIZE = (1280, 720)
+PIPELINE = "color"
 FPS = 30.0
 PERIOD_MS = 1000.0 / FPS
 AVATARS = REPO.parent / "shared" / "data" / "avatars"
@@ -95,6 +99,8 @@ def avatar_images(folder: Path) -> list[Path]:
 
 
 def write_presets(folder: Path, images: list[Path]) -> list[Path]:
+    if PIPELINE == "reenact":
+        return write_reenact_presets(folder)
     files = []
     for i in range(9):
         f = folder / f"p{i + 1}.yaml"
@@ -102,6 +108,21 @@ def write_presets(folder: Path, images: list[Path]) -> list[Path]:
         f.write_text(f"name: p{i + 1}\navatar:\n  images: [{imgs}]\npipeline:\n"
                      f"  - node: color_adjust\n    id: color\n    hue_shift: {-160 + 40 * i}\n    saturation: 0.4\n"
                      f"  - node: mirror\n")
+        files.append(f)
+    return files
+
+
+def write_reenact_presets(folder: Path) -> list[Path]:
+    """Three avatars (real paintings from ../shared/data/avatars) driven by the face tracker: the heavy,
+    real preparation (face detector and mesh models, avatar landmarks and mesh from engine.cache)."""
+    names = ("mona_lisa.jpg", "pearl_earring.jpg", "painted_child.jpg")
+    if not all((AVATARS / n).is_file() for n in names):
+        raise SystemExit(f"--pipeline reenact needs {', '.join(names)} in {AVATARS}")
+    files = []
+    for i, n in enumerate(names):
+        f = folder / f"r{i + 1}.yaml"
+        f.write_text(f"name: r{i + 1}\navatar:\n  images: [{AVATARS / n}]\npipeline:\n  - node: face\n"
+                     f"  - node: reenact\n    size: {SIZE[0]}x{SIZE[1]}\n")
         files.append(f)
     return files
 
@@ -158,7 +179,7 @@ def part_switch(rig: Rig, display: str, n: int = 50) -> dict:
     total, to_cmd, cmd_to_frame = [], [], []
     current = rig.engine.active
     for _ in range(n):
-        target = rng.choice([i for i in range(9) if i != current])
+        target = rng.choice([i for i in range(len(rig.engine.presets)) if i != current])
         time.sleep(rng.uniform(0.15, 0.35))  # random phase against the frame clock
         n_sent = len(rig.bus.sent)
         t_key = time.perf_counter()
@@ -257,7 +278,15 @@ def main() -> int:
     ap.add_argument("--switches", type=int, default=50, help="presses in part 1 (0: skip part 1)")
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each part-2 phase")
     ap.add_argument("--rounds", type=int, default=4, help="idle/preparing phase pairs in part 2 (0: skip part 2)")
+    ap.add_argument("--pipeline", choices=("color", "reenact"), default="color",
+                    help="color: 9 colour-grade presets with 4 avatar images each at 1280x720 (default); reenact: "
+                         "3 face + reenact presets on real paintings at 640x360 (the heavy, real preparation)")
     args = ap.parse_args()
+    global PIPELINE, SIZE
+    PIPELINE = args.pipeline
+    if PIPELINE == "reenact":
+        SIZE = (640, 360)
+        os.environ.setdefault("AVATARCAST_CACHE", tempfile.mkdtemp(prefix="avatarcast-bench-cache-"))
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
     missing = missing_tools()
     if missing:
@@ -267,7 +296,7 @@ def main() -> int:
     os.environ["DISPLAY"] = display
     os.environ["AVATARCAST_HOME"] = tempfile.mkdtemp(prefix="avatarcast-bench-home-")  # defaults only
     tmp = Path(tempfile.mkdtemp(prefix="avatarcast-bench-"))
-    result: dict = {"machine": bench.machine(), "size": f"{SIZE[0]}x{SIZE[1]}", "fps": FPS,
+    result: dict = {"machine": bench.machine(), "pipeline": PIPELINE, "size": f"{SIZE[0]}x{SIZE[1]}", "fps": FPS,
                     "load_avg_at_start": os.getloadavg()}
     print("machine: " + ", ".join(f"{k} {v}" for k, v in result["machine"].items()))
     print(f"load average at start: {' '.join(f'{v:.1f}' for v in os.getloadavg())} "
