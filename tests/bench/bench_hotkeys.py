@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-from x_display import key, missing_tools, start_xvfb, stop_xvfb  # noqa: E402
+from x_display import key, missing_tools, start_xvfb, stop_xvfb, write_preset_files  # noqa: E402
 
 from engine import bench  # noqa: E402
 from engine.control import CommandBus, make_command  # noqa: E402
@@ -101,15 +101,10 @@ def avatar_images(folder: Path) -> list[Path]:
 def write_presets(folder: Path, images: list[Path]) -> list[Path]:
     if PIPELINE == "reenact":
         return write_reenact_presets(folder)
-    files = []
-    for i in range(9):
-        f = folder / f"p{i + 1}.yaml"
-        imgs = ", ".join(str(p) for p in images)
-        f.write_text(f"name: p{i + 1}\navatar:\n  images: [{imgs}]\npipeline:\n"
-                     f"  - node: color_adjust\n    id: color\n    hue_shift: {-160 + 40 * i}\n    saturation: 0.4\n"
-                     f"  - node: mirror\n")
-        files.append(f)
-    return files
+    imgs = ", ".join(str(p) for p in images)
+    return write_preset_files(folder, [f"name: p{i + 1}\navatar:\n  images: [{imgs}]\npipeline:\n"
+                                       f"  - node: color_adjust\n    id: color\n    hue_shift: {-160 + 40 * i}\n"
+                                       f"    saturation: 0.4\n  - node: mirror\n" for i in range(9)])
 
 
 def write_reenact_presets(folder: Path) -> list[Path]:
@@ -118,13 +113,9 @@ def write_reenact_presets(folder: Path) -> list[Path]:
     names = ("mona_lisa.jpg", "pearl_earring.jpg", "painted_child.jpg")
     if not all((AVATARS / n).is_file() for n in names):
         raise SystemExit(f"--pipeline reenact needs {', '.join(names)} in {AVATARS}")
-    files = []
-    for i, n in enumerate(names):
-        f = folder / f"r{i + 1}.yaml"
-        f.write_text(f"name: r{i + 1}\navatar:\n  images: [{AVATARS / n}]\npipeline:\n  - node: face\n"
-                     f"  - node: reenact\n    size: {SIZE[0]}x{SIZE[1]}\n")
-        files.append(f)
-    return files
+    return write_preset_files(folder, [f"name: r{i + 1}\navatar:\n  images: [{AVATARS / n}]\npipeline:\n"
+                                       f"  - node: face\n  - node: reenact\n    size: {SIZE[0]}x{SIZE[1]}\n"
+                                       for i, n in enumerate(names)], stem="r")
 
 
 class Rig:

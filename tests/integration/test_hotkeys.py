@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from x_display import key, missing_tools, start_xvfb, stop_xvfb  # beside this file
+from x_display import key, missing_tools, start_xvfb, stop_xvfb, write_preset_files  # beside this file
 
 from engine.control import make_command
 from engine.preset import load_preset
@@ -58,13 +58,9 @@ def xdisplay():
 
 
 def write_presets(folder: Path, hues=HUES, extra: dict[int, str] | None = None) -> list[Path]:
-    files = []
-    for i, hue in enumerate(hues):
-        f = folder / f"p{i + 1}.yaml"
-        f.write_text(f"name: p{i + 1}\n{(extra or {}).get(i, '')}pipeline:\n  - node: color_adjust\n    id: color\n"
-                     f"    hue_shift: {hue}\n    saturation: 0.5\n")
-        files.append(f)
-    return files
+    return write_preset_files(folder, [f"name: p{i + 1}\n{(extra or {}).get(i, '')}pipeline:\n  - node: color_adjust\n"
+                                       f"    id: color\n    hue_shift: {hue}\n    saturation: 0.5\n"
+                                       for i, hue in enumerate(hues)])
 
 
 class RecordingSink(Sink):

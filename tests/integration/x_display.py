@@ -1,11 +1,12 @@
-"""A private X server for tests and benchmarks: Xvfb on the first free display, and real key events
-through it with xdotool (XTEST). Shared by tests/integration/test_hotkeys.py and tests/bench/bench_hotkeys.py."""
+"""Support shared by tests/integration/test_hotkeys.py and tests/bench/bench_hotkeys.py: a private X
+server (Xvfb on the first free display), real key events through it (xdotool, XTEST), preset files."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 from obs_plugin.testing import start_xvfb as _start_xvfb  # the project's one Xvfb starter
 
@@ -34,3 +35,13 @@ def key(display: str, keys: str) -> None:
     """Press and release a combination (xdotool syntax: ctrl+alt+1, ctrl+shift+F5) on ``display``."""
     subprocess.run(["xdotool", "key", "--delay", "0", keys], check=True, env={**os.environ, "DISPLAY": display},
                    timeout=10)
+
+
+def write_preset_files(folder: Path, texts: list[str], stem: str = "p") -> list[Path]:
+    """Each YAML text as ``folder/{stem}{n}.yaml`` (n from 1); returns the paths in order."""
+    files = []
+    for i, text in enumerate(texts):
+        f = folder / f"{stem}{i + 1}.yaml"
+        f.write_text(text)
+        files.append(f)
+    return files
