@@ -24,6 +24,7 @@ from engine.kernels import composite as kc
 from engine.node import BuildContext, Node, register
 from engine.params import Param, ParamError, Port, PortType
 from engine.preset import is_image_file
+from engine.quiet import native_stderr_quiet
 
 log = logging.getLogger("avatarcast.nodes.background")
 
@@ -190,7 +191,9 @@ class Background(Node):
         sh = max(16, round(h * sw / w))
         lw, lh = max(8, gw // 2), max(8, gh // 2)
         self.guide_size, self.seg_size, self.low_size = (gw, gh), (sw, sh), (lw, lh)
-        self.seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=MODELS[self.p["model"]])
+        with native_stderr_quiet():  # model load and first run print native log lines
+            self.seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=MODELS[self.p["model"]])
+            self.seg.process(np.zeros((64, 64, 3), np.uint8))
         z = np.zeros
         self.half = z((gh, gw, 3), np.uint8)  # the frame at guide resolution
         self.gray = z((gh, gw), np.uint8)

@@ -22,6 +22,7 @@ import numpy as np
 from engine import bench
 from engine.node import Node, register
 from engine.params import Param, Port, PortType
+from engine.quiet import native_stderr_quiet
 
 from . import face_metrics as fmx
 from . import face_model
@@ -95,11 +96,25 @@ class MeshDetector:
         import mediapipe as mp
 
         self.process_width = int(process_width)
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=static, max_num_faces=int(max_faces), refine_landmarks=True,
-            min_detection_confidence=float(detection_confidence), min_tracking_confidence=float(tracking_confidence))
         self._small: np.ndarray | None = None
         self._rgb: np.ndarray | None = None
+        with native_stderr_quiet():  # model load and first runs print native log lines
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=static, max_num_faces=int(max_faces), refine_landmarks=True,
+                min_detection_confidence=float(detection_confidence),
+                min_tracking_confidence=float(tracking_confidence))
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Run the graph once on an empty frame and once on a face (the project's own demo avatar), so
+        its one-time set-up happens now, not on the first live frame."""
+        self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+        from engine.library import shipped_presets_dir
+
+        face = cv2.imread(str(shipped_presets_dir() / "assets" / "demo_avatar.png"), cv2.IMREAD_COLOR)
+        if face is not None:
+            self._mesh.process(cv2.cvtColor(face, cv2.COLOR_BGR2RGB))
+        self._mesh.reset()
 
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
