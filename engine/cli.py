@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--camera", metavar="N|PATH", help="camera index (0, 1, ...) or device path (/dev/video2)")
     g.add_argument("--source", metavar="SOURCE", help="demo (default), a video file (loops) or an image")
     r.add_argument("--output", default="vcam", metavar="OUT",
-                   help="vcam (virtual camera, default), window, file:PATH, pipe (raw bgr24 on stdout)")
+                   help="vcam (virtual camera, default), obs[:PORT] (a local stream OBS reads, no driver needed; "
+                        "see `avatarcast obs setup`), window, file:PATH, pipe (raw bgr24 on stdout)")
     r.add_argument("--vcam-device", metavar="DEV", help="virtual camera device (e.g. /dev/video10)")
     r.add_argument("--vcam-backend", metavar="NAME", help="pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
     r.add_argument("--size", type=_size, metavar="WxH", help="camera and output size (default 1280x720)")
@@ -350,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--json", action="store_true", help="machine-readable")
     n.set_defaults(func=cmd_nodes)
 
-    p = sub.add_parser("preset", help="preset files: validate, ...")
+    p = sub.add_parser("preset", help="presets: validate, schema, pack, install, list, show, remove")
     psub = p.add_subparsers(dest="preset_command", metavar="ACTION")
     pv = psub.add_parser("validate", help="check preset files without running them")
     pv.add_argument("files", nargs="+", metavar="FILE")
