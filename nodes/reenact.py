@@ -71,7 +71,7 @@ EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 38
 
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
 RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
-RELIEF = 0.85  # depth relief of the avatar's face used for rotations (1 = as detected)
+RELIEF = 1.0  # depth relief of the avatar's face used for rotations (1 = as detected)
 
 
 # ---- avatar preparation (pure, cached) ---------------------------------------------------------
@@ -423,18 +423,35 @@ class AvatarRig:
         # silhouette folds), the face still swings about the pivot behind it
         zc = self.lm[RIGID, 2].mean()
         z = zc + RELIEF * (self.verts[:N_LM, 2] - zc)
-        # and a smooth one: depth noise along the face outline makes its edge zigzag when turning
+        # and a smooth one near the outline: depth noise along the face's edge makes it zigzag when
+        # turning; the middle of the face (nose, eyes, mouth) keeps its relief, so a turn moves the nose
+        # between the cheeks as far as the driver's does
         nb_idx, nb_mask = mesh_neighbours()
+        zr = z[:468].copy()
         for _ in range(4):
             zs = z[:468].copy()
             zs = 0.5 * zs + 0.5 * (zs[nb_idx] * nb_mask).sum(1) / nb_mask.sum(1)
             z[:468] = zs
+        c = self.lm[FACE_OVAL, :2].mean(0)
+        oval = self.lm[FACE_OVAL, :2] - c
+        rel = self.lm[:468, :2] - c
+        ang = np.angle(np.exp(1j * (np.arctan2(rel[:, 1], rel[:, 0])[:, None]
+                                    - np.arctan2(oval[:, 1], oval[:, 0])[None, :])))
+        edge = np.linalg.norm(oval[np.argmin(np.abs(ang), axis=1)], axis=1)
+        outer = np.clip((np.linalg.norm(rel, axis=1) / np.maximum(edge, 1e-6) - 0.55) / 0.3, 0.0, 1.0)
+        z[:468] = zr + outer * (z[:468] - zr)
         zo = z[FACE_OVAL]
         z[FACE_OVAL] = np.convolve(np.r_[zo[-3:], zo, zo[:3]], np.ones(7) / 7.0, mode="valid")
         self.verts[:N_LM, 2] = z
         self.lm[:, 2] = z
         x0, y0, x1, y1 = (int(round(v)) for v in self.rect)
         self.region = (x0, y0, x1 + 1, y1 + 1)
+        # each ring / border vertex follows the head motion of its nearest face landmark (scaled by its
+        # weight) instead of turning at the pivot's depth: hair and neck stretch along with the face's
+        # edge, so nods and turns fold nothing between the face and the first ring (on a face seen from
+        # three quarters its far side reaches past the outline's rings) and need not be cut down
+        near = self.verts[N_LM:, None, :2] - self.lm[None, :468, :2]
+        self.anchor = np.argmin((near ** 2).sum(-1), axis=1)
         self.folds = 0
         self.turn_scale = 1.0
         self.last_base = self.src2
@@ -464,7 +481,17 @@ class AvatarRig:
         self.face_ids = np.nonzero(self.face_tri)[0]
         self.rest_ids = np.nonzero(~self.face_tri)[0]
         self.order_tris = self.tris.copy()
-        self.src_sign = np.sign(signed_areas(self.src2, self.tris))
+        area = signed_areas(self.src2, self.tris)
+        self.src_sign = np.sign(area)
+        big = ~self.face_tri & (np.abs(area) > max(4.0, 2e-4 * self.fw ** 2))
+        # nor those on two landmarks that nearly coincide in the picture at different depths (the side of
+        # a face seen from three quarters): they turn over by self-occlusion, which the painter's order draws
+        t = self.tris
+        for i, j in ((0, 1), (1, 2), (2, 0)):
+            both = (t[:, i] < N_LM) & (t[:, j] < N_LM)
+            short = np.linalg.norm(self.src2[t[:, i]] - self.src2[t[:, j]], axis=1) < 0.02 * self.fw
+            big &= ~(both & short)
+        self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
         self.nb = mesh_neighbours()
 
     def moving(self, dst: np.ndarray, still: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -484,13 +511,19 @@ class AvatarRig:
         return np.ascontiguousarray(tris), region
 
     def _ring_flips(self, placed: np.ndarray) -> bool:
-        rest = self.tris[~self.face_tri]
-        return bool((signed_areas(placed[:, :2], rest) * self.src_sign[~self.face_tri] < 0).any())
+        """Whether a hair / background triangle of visible size flips (slivers between landmarks that
+        nearly coincide, a few pixels in area, flip with any motion and show nothing)."""
+        rest = self.ring_tris
+        return bool((signed_areas(placed[:, :2], rest) * self.ring_sign < -0.25 * self.ring_area).any())
 
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
         """(V, 3) after the head motion; xy weighted per vertex (rings follow partly, the border not)."""
         moved = self.pivot + pose.scale * (verts - self.pivot) @ rot.T
         moved[:, :2] += pose.shift
+        # outside the face: the rigid motion of the anchor outline point (at rest, no expression)
+        rest = self.verts[self.anchor]
+        anchor = (self.pivot + pose.scale * (rest - self.pivot) @ rot.T)[:, :2] + pose.shift
+        moved[N_LM:, :2] = verts[N_LM:, :2] + (anchor - rest[:, :2])
         moved[:, :2] = verts[:, :2] + self.weight[:, None] * (moved[:, :2] - verts[:, :2])
         return moved
 
