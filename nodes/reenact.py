@@ -36,6 +36,7 @@ from engine.kernels import warp as wk
 from engine.node import Node, register
 from engine.params import Param, Port, PortType
 
+from . import face_metrics as fmx
 from .face import Face
 
 log = logging.getLogger("avatarcast.reenact")
@@ -344,6 +345,75 @@ def local_jacobians(src: np.ndarray, dst: np.ndarray, idx: np.ndarray, mask: np.
     return j
 
 
+def _gauss(p: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-((p - centre) ** 2).sum(-1) / (2.0 * sigma * sigma))
+
+
+def expression_probes(lm: np.ndarray) -> dict[str, np.ndarray]:
+    """Small synthetic expressions on landmarks ``lm`` (478, 3): offsets (478, 3) px for a smile
+    (mouth corners out), an opening mouth (lower lip and jaw down) and raised brows."""
+    p = lm[:, :2].astype(np.float64)
+    mw = float(np.linalg.norm(p[fmx.MOUTH_LEFT] - p[fmx.MOUTH_RIGHT]))
+    fh = float(np.linalg.norm(p[fmx.FOREHEAD] - p[fmx.CHIN]))
+    c = p[OUTER_LIPS].mean(0)
+    w = _gauss(p, c, 0.45 * mw)
+    width = np.zeros((N_LM, 3))
+    width[:, 0] = 0.1 * (p[:, 0] - c[0]) * w
+    below = np.clip((p[:, 1] - c[1]) / (0.15 * mw) + 0.5, 0.0, 1.0)
+    opening = np.zeros((N_LM, 3))
+    opening[:, 1] = 0.12 * mw * below * _gauss(p, c + [0.0, 0.3 * mw], 0.7 * mw)
+    opening[INNER_UPPER, 1] = 0.0
+    brows = np.zeros((N_LM, 3))
+    for brow, eye in ((BROW_R, EYE_R_RING), (BROW_L, EYE_L_RING)):
+        wb = _gauss(p, p[brow].mean(0), 0.45 * np.ptp(p[brow, 0]))
+        wb[p[:, 1] > p[eye, 1].min()] = 0.0
+        brows[:, 1] -= 0.03 * fh * wb
+    return {"mouth_width": width, "mouth_open": opening, "brows": brows}
+
+
+def _probe_feature(name: str, lm: np.ndarray) -> float:
+    if name == "brows":
+        return float(fmx.brow_height(lm, "left") + fmx.brow_height(lm, "right"))
+    return float(fmx.features(lm)[name])
+
+
+GAIN_RANGE = (0.6, 2.5)
+
+
+def calibrate_gains(motion: Motion, neutral: np.ndarray, rounds: int = 3) -> dict[str, float]:
+    """Expression gains so that the avatar's measured features (mouth width / face width, inner-lip gap
+    / mouth width, brow height / face height) change by as much as the driver's do: each synthetic
+    driver expression (``expression_probes`` on the neutral) goes through the same mapping as a real
+    one (frame, size, local shape transfer) and the gain of its region is the driver's feature change
+    over the avatar's (a few fixed-point rounds; kept in ``GAIN_RANGE``). Sets ``motion.gain_x`` /
+    ``gain_y`` (478,): horizontal gain around the mouth, vertical around the mouth and on the brows,
+    faded out smoothly (no seams)."""
+    a = motion.avatar
+    p = a[:, :2]
+    mw = float(np.linalg.norm(p[fmx.MOUTH_LEFT] - p[fmx.MOUTH_RIGHT]))
+    mouth_w = _gauss(p, p[OUTER_LIPS].mean(0) + [0.0, 0.3 * mw], 0.8 * mw)
+    brow_w = np.zeros(N_LM)
+    for brow, eye in ((BROW_R, EYE_R_RING), (BROW_L, EYE_L_RING)):
+        wb = _gauss(p, p[brow].mean(0), 0.6 * np.ptp(p[brow, 0]))
+        wb[p[:, 1] > p[eye, 1].mean()] = 0.0
+        brow_w = np.maximum(brow_w, wb)
+    probes = expression_probes(neutral)
+    gains = {"mouth_width": 1.0, "mouth_open": 1.0, "brows": 1.0}
+    ref_d = {k: _probe_feature(k, neutral) for k in gains}
+    ref_a = {k: _probe_feature(k, a) for k in gains}
+    for _ in range(rounds):
+        motion.gain_x = 1.0 + mouth_w * (gains["mouth_width"] - 1.0)
+        motion.gain_y = 1.0 + mouth_w * (gains["mouth_open"] - 1.0) + brow_w * (gains["brows"] - 1.0)
+        for k in gains:
+            want = _probe_feature(k, neutral + probes[k]) - ref_d[k]
+            got = _probe_feature(k, a + motion.map_expression(probes[k]) * [1.0, 1.0, 0.3]) - ref_a[k]
+            if abs(got) > 1e-9 and want * got > 0:
+                gains[k] = float(np.clip(gains[k] * want / got, *GAIN_RANGE))
+    motion.gain_x = 1.0 + mouth_w * (gains["mouth_width"] - 1.0)
+    motion.gain_y = 1.0 + mouth_w * (gains["mouth_open"] - 1.0) + brow_w * (gains["brows"] - 1.0)
+    return gains
+
+
 class Motion:
     """Driver landmarks -> avatar ``Pose``, relative to a driver neutral.
 
@@ -368,6 +438,17 @@ class Motion:
         self.jac = local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask)
         self.pivot_n = self._pivot(n)
         self.gaps_n = np.maximum(_eye_gaps(n), 0.02)
+        self.gain_x = np.ones(N_LM)
+        self.gain_y = np.ones(N_LM)
+        self.gains = calibrate_gains(self, n)
+
+    def map_expression(self, expr_n: np.ndarray) -> np.ndarray:
+        """Driver expression offsets (478, 3) in the neutral's frame -> the avatar's (478, 3) px."""
+        expr = self.s_na * expr_n @ self.r_na.T
+        expr[:468, :2] = np.einsum("nij,nj->ni", self.jac, expr[:468, :2])
+        expr[:, 0] *= self.gain_x
+        expr[:, 1] *= self.gain_y
+        return expr
 
     @staticmethod
     def _pivot(p: np.ndarray) -> np.ndarray:
@@ -392,9 +473,7 @@ class Motion:
         s, r, t = similarity_3d(n[RIGID], d[RIGID])
         # expression: the driver's landmarks with the head motion undone, minus the neutral
         back = ((d - t) @ r) / s
-        expr_n = back - n
-        expr = self.s_na * expr_n @ self.r_na.T
-        expr[:468, :2] = np.einsum("nij,nj->ni", self.jac, expr[:468, :2])
+        expr = self.map_expression(back - n)
         eyes = np.clip(_eye_gaps(back) / self.gaps_n, 0.0, 1.6)
         rot = rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn)
         pv = self.pivot_n
