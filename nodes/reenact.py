@@ -563,13 +563,15 @@ class AvatarRig:
         area = signed_areas(self.src2, self.tris)
         self.src_sign = np.sign(area)
         big = ~self.face_tri & (np.abs(area) > max(4.0, 2e-4 * self.fw ** 2))
-        # nor those on two landmarks that nearly coincide in the picture at different depths (the side of
-        # a face seen from three quarters): they turn over by self-occlusion, which the painter's order draws
+        # nor those on two landmarks that nearly coincide in the picture or lie at very different depths
+        # (the far side of a face seen from three quarters): they turn over by self-occlusion, which the
+        # painter's order draws
         t = self.tris
         for i, j in ((0, 1), (1, 2), (2, 0)):
             both = (t[:, i] < N_LM) & (t[:, j] < N_LM)
-            short = np.linalg.norm(self.src2[t[:, i]] - self.src2[t[:, j]], axis=1) < 0.02 * self.fw
-            big &= ~(both & short)
+            flat = np.linalg.norm(self.src2[t[:, i]] - self.src2[t[:, j]], axis=1)
+            deep = np.abs(self.verts[t[:, i], 2] - self.verts[t[:, j], 2])
+            big &= ~(both & ((flat < 0.02 * self.fw) | (deep > flat)))
         self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
         self.nb = mesh_neighbours()
 
