@@ -7,11 +7,13 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      face (hair, ears, neck) and points on the border of a support rectangle. Cached by file content.
   2. ``Motion`` turns the driver's landmarks into the avatar's, relative to a driver neutral (FOMM's
      relative mode): a 3D similarity fit gives the driver's head rotation, scale and shift since the
-     neutral; what remains is expression, mapped into the avatar's face frame and size. Eyelids move by
+     neutral; what remains is expression, mapped into the avatar's face frame and size, with mouth and
+     brow gains calibrated at the neutral (``calibrate_gains``) so that the avatar's mouth width, mouth
+     opening and brow height change by as much, relative to its face, as the driver's. Eyelids move by
      the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
      Rotations are applied in 3D about a pivot behind the face, then projected; big turns are clamped.
-  3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head partly and
-     the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
+  3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
+     their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
      their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
   4. An open mouth gets a dark cavity and a teeth band; extra shots (mouth open, eyes closed) supply
      their mouth or eye pixels when the expression is nearer to them than to the main shot.
