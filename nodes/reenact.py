@@ -7,11 +7,13 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      face (hair, ears, neck) and points on the border of a support rectangle. Cached by file content.
   2. ``Motion`` turns the driver's landmarks into the avatar's, relative to a driver neutral (FOMM's
      relative mode): a 3D similarity fit gives the driver's head rotation, scale and shift since the
-     neutral; what remains is expression, mapped into the avatar's face frame and size. Eyelids move by
+     neutral; what remains is expression, mapped into the avatar's face frame and size, with mouth and
+     brow gains calibrated at the neutral (``calibrate_gains``) so that the avatar's mouth width, mouth
+     opening and brow height change by as much, relative to its face, as the driver's. Eyelids move by
      the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
      Rotations are applied in 3D about a pivot behind the face, then projected; big turns are clamped.
-  3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head partly and
-     the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
+  3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
+     their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
      their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
   4. An open mouth gets a dark cavity and a teeth band; extra shots (mouth open, eyes closed) supply
      their mouth or eye pixels when the expression is nearer to them than to the main shot.
@@ -36,6 +38,7 @@ from engine.kernels import warp as wk
 from engine.node import Node, register
 from engine.params import Param, Port, PortType
 
+from . import face_metrics as fmx
 from .face import Face
 
 log = logging.getLogger("avatarcast.reenact")
@@ -71,7 +74,7 @@ EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 38
 
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
 RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
-RELIEF = 0.85  # depth relief of the avatar's face used for rotations (1 = as detected)
+RELIEF = 1.0  # depth relief of the avatar's face used for rotations (1 = as detected)
 
 
 # ---- avatar preparation (pure, cached) ---------------------------------------------------------
@@ -344,6 +347,75 @@ def local_jacobians(src: np.ndarray, dst: np.ndarray, idx: np.ndarray, mask: np.
     return j
 
 
+def _gauss(p: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
+    return np.exp(-((p - centre) ** 2).sum(-1) / (2.0 * sigma * sigma))
+
+
+def expression_probes(lm: np.ndarray) -> dict[str, np.ndarray]:
+    """Small synthetic expressions on landmarks ``lm`` (478, 3): offsets (478, 3) px for a smile
+    (mouth corners out), an opening mouth (lower lip and jaw down) and raised brows."""
+    p = lm[:, :2].astype(np.float64)
+    mw = float(np.linalg.norm(p[fmx.MOUTH_LEFT] - p[fmx.MOUTH_RIGHT]))
+    fh = float(np.linalg.norm(p[fmx.FOREHEAD] - p[fmx.CHIN]))
+    c = p[OUTER_LIPS].mean(0)
+    w = _gauss(p, c, 0.45 * mw)
+    width = np.zeros((N_LM, 3))
+    width[:, 0] = 0.1 * (p[:, 0] - c[0]) * w
+    below = np.clip((p[:, 1] - c[1]) / (0.15 * mw) + 0.5, 0.0, 1.0)
+    opening = np.zeros((N_LM, 3))
+    opening[:, 1] = 0.12 * mw * below * _gauss(p, c + [0.0, 0.3 * mw], 0.7 * mw)
+    opening[INNER_UPPER, 1] = 0.0
+    brows = np.zeros((N_LM, 3))
+    for brow, eye in ((BROW_R, EYE_R_RING), (BROW_L, EYE_L_RING)):
+        wb = _gauss(p, p[brow].mean(0), 0.45 * np.ptp(p[brow, 0]))
+        wb[p[:, 1] > p[eye, 1].min()] = 0.0
+        brows[:, 1] -= 0.03 * fh * wb
+    return {"mouth_width": width, "mouth_open": opening, "brows": brows}
+
+
+def _probe_feature(name: str, lm: np.ndarray) -> float:
+    if name == "brows":
+        return float(fmx.brow_height(lm, "left") + fmx.brow_height(lm, "right"))
+    return float(fmx.features(lm)[name])
+
+
+GAIN_RANGE = (0.6, 2.5)
+
+
+def calibrate_gains(motion: Motion, neutral: np.ndarray, rounds: int = 3) -> dict[str, float]:
+    """Expression gains so that the avatar's measured features (mouth width / face width, inner-lip gap
+    / mouth width, brow height / face height) change by as much as the driver's do: each synthetic
+    driver expression (``expression_probes`` on the neutral) goes through the same mapping as a real
+    one (frame, size, local shape transfer) and the gain of its region is the driver's feature change
+    over the avatar's (a few fixed-point rounds; kept in ``GAIN_RANGE``). Sets ``motion.gain_x`` /
+    ``gain_y`` (478,): horizontal gain around the mouth, vertical around the mouth and on the brows,
+    faded out smoothly (no seams)."""
+    a = motion.avatar
+    p = a[:, :2]
+    mw = float(np.linalg.norm(p[fmx.MOUTH_LEFT] - p[fmx.MOUTH_RIGHT]))
+    mouth_w = _gauss(p, p[OUTER_LIPS].mean(0) + [0.0, 0.3 * mw], 0.8 * mw)
+    brow_w = np.zeros(N_LM)
+    for brow, eye in ((BROW_R, EYE_R_RING), (BROW_L, EYE_L_RING)):
+        wb = _gauss(p, p[brow].mean(0), 0.6 * np.ptp(p[brow, 0]))
+        wb[p[:, 1] > p[eye, 1].mean()] = 0.0
+        brow_w = np.maximum(brow_w, wb)
+    probes = expression_probes(neutral)
+    gains = {"mouth_width": 1.0, "mouth_open": 1.0, "brows": 1.0}
+    ref_d = {k: _probe_feature(k, neutral) for k in gains}
+    ref_a = {k: _probe_feature(k, a) for k in gains}
+    for _ in range(rounds):
+        motion.gain_x = 1.0 + mouth_w * (gains["mouth_width"] - 1.0)
+        motion.gain_y = 1.0 + mouth_w * (gains["mouth_open"] - 1.0) + brow_w * (gains["brows"] - 1.0)
+        for k in gains:
+            want = _probe_feature(k, neutral + probes[k]) - ref_d[k]
+            got = _probe_feature(k, a + motion.map_expression(probes[k]) * [1.0, 1.0, 0.3]) - ref_a[k]
+            if abs(got) > 1e-9 and want * got > 0:
+                gains[k] = float(np.clip(gains[k] * want / got, *GAIN_RANGE))
+    motion.gain_x = 1.0 + mouth_w * (gains["mouth_width"] - 1.0)
+    motion.gain_y = 1.0 + mouth_w * (gains["mouth_open"] - 1.0) + brow_w * (gains["brows"] - 1.0)
+    return gains
+
+
 class Motion:
     """Driver landmarks -> avatar ``Pose``, relative to a driver neutral.
 
@@ -368,6 +440,17 @@ class Motion:
         self.jac = local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask)
         self.pivot_n = self._pivot(n)
         self.gaps_n = np.maximum(_eye_gaps(n), 0.02)
+        self.gain_x = np.ones(N_LM)
+        self.gain_y = np.ones(N_LM)
+        self.gains = calibrate_gains(self, n)
+
+    def map_expression(self, expr_n: np.ndarray) -> np.ndarray:
+        """Driver expression offsets (478, 3) in the neutral's frame -> the avatar's (478, 3) px."""
+        expr = self.s_na * expr_n @ self.r_na.T
+        expr[:468, :2] = np.einsum("nij,nj->ni", self.jac, expr[:468, :2])
+        expr[:, 0] *= self.gain_x
+        expr[:, 1] *= self.gain_y
+        return expr
 
     @staticmethod
     def _pivot(p: np.ndarray) -> np.ndarray:
@@ -392,9 +475,7 @@ class Motion:
         s, r, t = similarity_3d(n[RIGID], d[RIGID])
         # expression: the driver's landmarks with the head motion undone, minus the neutral
         back = ((d - t) @ r) / s
-        expr_n = back - n
-        expr = self.s_na * expr_n @ self.r_na.T
-        expr[:468, :2] = np.einsum("nij,nj->ni", self.jac, expr[:468, :2])
+        expr = self.map_expression(back - n)
         eyes = np.clip(_eye_gaps(back) / self.gaps_n, 0.0, 1.6)
         rot = rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn)
         pv = self.pivot_n
@@ -423,18 +504,35 @@ class AvatarRig:
         # silhouette folds), the face still swings about the pivot behind it
         zc = self.lm[RIGID, 2].mean()
         z = zc + RELIEF * (self.verts[:N_LM, 2] - zc)
-        # and a smooth one: depth noise along the face outline makes its edge zigzag when turning
+        # and a smooth one near the outline: depth noise along the face's edge makes it zigzag when
+        # turning; the middle of the face (nose, eyes, mouth) keeps its relief, so a turn moves the nose
+        # between the cheeks as far as the driver's does
         nb_idx, nb_mask = mesh_neighbours()
+        zr = z[:468].copy()
         for _ in range(4):
             zs = z[:468].copy()
             zs = 0.5 * zs + 0.5 * (zs[nb_idx] * nb_mask).sum(1) / nb_mask.sum(1)
             z[:468] = zs
+        c = self.lm[FACE_OVAL, :2].mean(0)
+        oval = self.lm[FACE_OVAL, :2] - c
+        rel = self.lm[:468, :2] - c
+        ang = np.angle(np.exp(1j * (np.arctan2(rel[:, 1], rel[:, 0])[:, None]
+                                    - np.arctan2(oval[:, 1], oval[:, 0])[None, :])))
+        edge = np.linalg.norm(oval[np.argmin(np.abs(ang), axis=1)], axis=1)
+        outer = np.clip((np.linalg.norm(rel, axis=1) / np.maximum(edge, 1e-6) - 0.55) / 0.3, 0.0, 1.0)
+        z[:468] = zr + outer * (z[:468] - zr)
         zo = z[FACE_OVAL]
         z[FACE_OVAL] = np.convolve(np.r_[zo[-3:], zo, zo[:3]], np.ones(7) / 7.0, mode="valid")
         self.verts[:N_LM, 2] = z
         self.lm[:, 2] = z
         x0, y0, x1, y1 = (int(round(v)) for v in self.rect)
         self.region = (x0, y0, x1 + 1, y1 + 1)
+        # each ring / border vertex follows the head motion of its nearest face landmark (scaled by its
+        # weight) instead of turning at the pivot's depth: hair and neck stretch along with the face's
+        # edge, so nods and turns fold nothing between the face and the first ring (on a face seen from
+        # three quarters its far side reaches past the outline's rings) and need not be cut down
+        near = self.verts[N_LM:, None, :2] - self.lm[None, :468, :2]
+        self.anchor = np.argmin((near ** 2).sum(-1), axis=1)
         self.folds = 0
         self.turn_scale = 1.0
         self.last_base = self.src2
@@ -464,7 +562,19 @@ class AvatarRig:
         self.face_ids = np.nonzero(self.face_tri)[0]
         self.rest_ids = np.nonzero(~self.face_tri)[0]
         self.order_tris = self.tris.copy()
-        self.src_sign = np.sign(signed_areas(self.src2, self.tris))
+        area = signed_areas(self.src2, self.tris)
+        self.src_sign = np.sign(area)
+        big = ~self.face_tri & (np.abs(area) > max(4.0, 2e-4 * self.fw ** 2))
+        # nor those on two landmarks that nearly coincide in the picture or lie at very different depths
+        # (the far side of a face seen from three quarters): they turn over by self-occlusion, which the
+        # painter's order draws
+        t = self.tris
+        for i, j in ((0, 1), (1, 2), (2, 0)):
+            both = (t[:, i] < N_LM) & (t[:, j] < N_LM)
+            flat = np.linalg.norm(self.src2[t[:, i]] - self.src2[t[:, j]], axis=1)
+            deep = np.abs(self.verts[t[:, i], 2] - self.verts[t[:, j], 2])
+            big &= ~(both & ((flat < 0.02 * self.fw) | (deep > flat)))
+        self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
         self.nb = mesh_neighbours()
 
     def moving(self, dst: np.ndarray, still: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
@@ -484,13 +594,19 @@ class AvatarRig:
         return np.ascontiguousarray(tris), region
 
     def _ring_flips(self, placed: np.ndarray) -> bool:
-        rest = self.tris[~self.face_tri]
-        return bool((signed_areas(placed[:, :2], rest) * self.src_sign[~self.face_tri] < 0).any())
+        """Whether a hair / background triangle of visible size flips (slivers between landmarks that
+        nearly coincide, a few pixels in area, flip with any motion and show nothing)."""
+        rest = self.ring_tris
+        return bool((signed_areas(placed[:, :2], rest) * self.ring_sign < -0.25 * self.ring_area).any())
 
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
         """(V, 3) after the head motion; xy weighted per vertex (rings follow partly, the border not)."""
         moved = self.pivot + pose.scale * (verts - self.pivot) @ rot.T
         moved[:, :2] += pose.shift
+        # outside the face: the rigid motion of the anchor outline point (at rest, no expression)
+        rest = self.verts[self.anchor]
+        anchor = (self.pivot + pose.scale * (rest - self.pivot) @ rot.T)[:, :2] + pose.shift
+        moved[N_LM:, :2] = verts[N_LM:, :2] + (anchor - rest[:, :2])
         moved[:, :2] = verts[:, :2] + self.weight[:, None] * (moved[:, :2] - verts[:, :2])
         return moved
 

@@ -457,3 +457,71 @@ def test_a_bundled_reenact_preset_opens_without_the_detector(child, tmp_path, mo
     preset = find_preset("bundled child")
     node = make_node(preset.avatar.images, idle=False)
     assert node.rig.lm.shape == (478, 3)
+
+
+# ---- amplitude: the avatar's measured features change as much as the driver's ---------------------
+
+def _placed(node: rk.Reenact) -> np.ndarray:
+    lm = node.rig.lm.copy()
+    lm[:, :2] = node.dst[:rk.N_LM]
+    return lm
+
+
+def test_a_drivers_mouth_opening_changes_the_avatars_mouth_open_as_much(shared_data, talking):
+    """A real driver (another face shape) opens the mouth by X of its mouth_open measure: the painting's
+    placed mouth changes by about X, and its re-detected mouth by the same sign and most of X."""
+    from nodes import face_metrics as fmx
+
+    _, lms = talking
+    drv = next(x for x in lms if x is not None).astype(np.float64)
+    node = make_node([shared_data / "avatars" / "mona_lisa.jpg"], idle=False, teeth=False)
+    det = MeshDetector(static=True, max_faces=1)
+    try:
+        rest = run(node, [face_of(drv)])
+        seen0 = fmx.mouth_open(det.detect(rest)[0])
+        placed0 = fmx.mouth_open(_placed(node))
+        opened = _mouth_open(drv, 0.12)
+        want = float(fmx.mouth_open(opened) - fmx.mouth_open(drv))
+        out = run(node, [face_of(opened)])
+        placed = float(fmx.mouth_open(_placed(node)) - placed0)
+        seen = float(fmx.mouth_open(det.detect(out)[0]) - seen0)
+    finally:
+        det.close()
+    assert want > 0.05
+    assert 0.8 * want < placed < 1.25 * want
+    assert seen > 0.5 * want
+    assert 0.6 <= node.motion.gains["mouth_open"] <= 2.5
+
+
+def test_expression_gains_make_each_probe_match_the_driver(child):
+    """Every synthetic probe expression, mapped onto the avatar, changes its feature as the driver's."""
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    drv = lm.astype(np.float64).copy()
+    drv[:, :2] = drv[:, :2] * [1.3, 1.1] + [30, 10]  # a wider face with another mouth / brow layout
+    run(node, [face_of(drv)])
+    m = node.motion
+    for name, e in rk.expression_probes(drv).items():
+        want = rk._probe_feature(name, drv + e) - rk._probe_feature(name, drv)
+        got = rk._probe_feature(name, m.avatar + m.map_expression(e) * [1, 1, 0.3]) - rk._probe_feature(name, m.avatar)
+        assert abs(got - want) < 0.1 * abs(want), name
+
+
+def test_nods_of_a_three_quarter_portrait_are_not_cut_down(shared_data):
+    """Pearl earring (three quarters): an 8 degree nod moves the nose towards the chin as the driver's
+    does; the hair and neck around the face follow without folding."""
+    from nodes import face_metrics as fmx
+
+    node = make_node([shared_data / "avatars" / "pearl_earring.jpg"], idle=False, follow=0.0)
+    lm = node.rig.lm.astype(np.float64).copy()
+    run(node, [face_of(lm)])
+    pv = node.motion.pivot_n
+    r = cv2.Rodrigues(np.radians([8.0, 0.0, 0.0]))[0]
+    nod = (lm - pv) @ r.T + pv
+    out = run(node, [face_of(nod)])
+    want = float(fmx.pitch_proxy(nod) - fmx.pitch_proxy(lm))
+    got = float(fmx.pitch_proxy(_placed(node)) - fmx.pitch_proxy(lm))
+    assert node.rig.turn_scale == 1.0
+    assert abs(want) > 0.05
+    assert 0.75 < got / want < 1.25
+    assert no_holes(node, out)
