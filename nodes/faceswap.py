@@ -251,7 +251,9 @@ class SwapMask:
 
     def __init__(self):
         self._alpha = np.empty(0, np.float32)
-        self._u8 = np.empty(0, np.uint8)
+        self._offset = np.empty(0, np.float32)
+        self._warped = np.empty((0, 0, 3), np.uint8)
+        self._small_map = tk.TexMap()
 
     def build(self, frame: np.ndarray, lm2: np.ndarray, box: tuple[int, int, int, int], face_w: float, p: dict,
               weight: float, mouth_w: float, skin: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,7 +271,11 @@ class SwapMask:
                              .astype(np.int32)], 255, cv2.LINE_AA, 4)
         cv2.GaussianBlur(outer, (0, 0), ramp / 4.0, dst=outer)
         holes = np.zeros((mh, mw), np.uint8)
-        polys = [pts[list(EYE_RIGHT)], pts[list(EYE_LEFT)], pts[list(LIPS_INNER)]]
+        polys = [pts[list(LIPS_INNER)]]
+        for loop in (EYE_RIGHT, EYE_LEFT):  # the eye opening grown to include the lids' edges
+            e = pts[list(loop)]
+            c = e.mean(0)
+            polys.append(c + (e - c) * p["eye_margin"])
         cv2.fillPoly(holes, [np.round(x * 16).astype(np.int32) for x in polys], 255, cv2.LINE_AA, 4)
         if mouth_w > 0:
             lips = pts[list(LIPS_OUTER)]
@@ -283,9 +289,39 @@ class SwapMask:
             a *= 1.0 - occlusion(small, pts, skin, p["occlusion_tolerance"], fw)
         if self._alpha.size < bw * bh:
             self._alpha = np.empty(int(bw * bh * 1.5), np.float32)
+            self._offset = np.empty(int(bw * bh * 1.5) * 3, np.float32)
         alpha = self._alpha[: bw * bh].reshape(bh, bw)
         cv2.resize(a, (bw, bh), dst=alpha, interpolation=cv2.INTER_LINEAR)
+        self.small_alpha, self.outer, self.pts, self.fw = a, outer, pts, fw
         return alpha, small, region
+
+    def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box) -> np.ndarray:
+        """The seamless blend's correction (bh, bw, 3) float32: the difference (live - warped avatar)
+        along the mask's soft edge, spread smoothly over the face by a normalised Gaussian (a smooth
+        membrane, as a Poisson blend solves for) and added to the avatar, so its shading and the live
+        face's meet without a step at the edge while the inside keeps the avatar's features. A linear
+        filter of the current frame: as stable over time as the frame itself."""
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        mh, mw = small.shape[:2]
+        if self._warped.shape != small.shape:
+            self._warped = np.empty_like(small)
+            self._ones = np.ones((mh, mw), np.float32)
+        dst2 = np.vstack([self.pts, self.pts])
+        tk.texmap_numba(small, tex, shot.tex_pts, dst2, tris, self._ones, (0, 0, mw, mh), self._warped,
+                        self._small_map)
+        # the membrane is pinned on the mask's soft edge only (where avatar and live meet), then
+        # spread smoothly inwards: the inside keeps the avatar's own features
+        ring = (self._small_map.owner >= 0) & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
+        support = ring.astype(np.float32)
+        diff = (small.astype(np.float32) - self._warped.astype(np.float32)) * support[..., None]
+        sigma = max(0.15 * self.fw, 1.0)
+        num = cv2.GaussianBlur(diff, (0, 0), sigma)
+        den = cv2.GaussianBlur(support, (0, 0), sigma)
+        corr = num / np.maximum(den, 1e-3)[..., None]
+        offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
+        cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
+        return offset
 
 
 def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, fw: float) -> np.ndarray:
@@ -346,8 +382,11 @@ class FaceSwap(Node):
               min=0.0, max=1.0, step=0.1),
         Param("color_smoothing", "float", 0.5, "time constant of the colour statistics, seconds (steadier "
               "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
-        Param("blend", "choice", "alpha", "alpha: feathered mask blend; seamless: also a gradient-domain "
-              "(Poisson) blend of the face box (slower)", choices=("alpha", "seamless")),
+        Param("blend", "choice", "seamless", "seamless: the avatar takes the live face's low-frequency "
+              "shading (a gradient-domain blend: no step at the edge, shadows follow the room's light); alpha: "
+              "the feathered mask blend alone", choices=("seamless", "alpha")),
+        Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
+              "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
         Param("occlusion", "choice", "skin", "skin: pixels inside the face that do not look like the live skin "
               "(a hand in shadow, a microphone, hair) are not painted over; off: paint the whole mask",
               choices=("skin", "off")),
@@ -472,10 +511,10 @@ class FaceSwap(Node):
             k = 1.0 - math.exp(-1.0 / max(p["color_smoothing"] * self.ctx.fps, 1e-6))
             st.stats += (live - st.stats) * np.float32(k)
         tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0)
-        # triangles: shown in the avatar shot and front-facing here, nearest first
+        # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
+        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
         tri = self.tris
-        fa = _signed_area(lm2[tri]) > 0
-        use = np.nonzero(fa & shot.shown)[0]
+        use = np.nonzero(shot.shown)[0]
         order = use[np.argsort(lm[tri[use], 2].mean(1), kind="stable")]
         tris = tri[order] + shot.tri_offset[order, None]
         n = len(lm2)
@@ -483,40 +522,21 @@ class FaceSwap(Node):
             self._dst2 = np.empty((2 * n, 2), np.float64)
         self._dst2[:n] = lm2
         self._dst2[n:] = lm2
+        box = (x0, y0, x1, y1)
+        offset = self.mask.lighting_offset(small, tex, shot, tris, box) if p["blend"] == "seamless" else None
         if self._torch is not None:
-            self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, (x0, y0, x1, y1))
+            self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset)
         else:
-            tk.texmap_numba(dst, tex, shot.tex_pts, self._dst2, tris, alpha, (x0, y0, x1, y1), dst, self.texmap)
-        if p["blend"] == "seamless":
-            self._seamless(frame, dst, alpha, (x0, y0, x1, y1))
+            tk.texmap_numba(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, dst, self.texmap, offset)
 
-    def _swap_torch(self, dst, tex, tex_pts, lm2, tris, alpha, box) -> None:
+    def _swap_torch(self, dst, tex, tex_pts, lm2, tris, alpha, box, offset) -> None:
         torch = self._torch
         x0, y0, x1, y1 = box
         roi = torch.from_numpy(np.ascontiguousarray(dst[y0:y1, x0:x1])).to(self._dev)
         res = tk.texmap_torch(roi, torch.from_numpy(tex).to(self._dev), tex_pts, lm2 - (x0, y0), tris,
-                              torch.from_numpy(alpha).to(self._dev), (0, 0, x1 - x0, y1 - y0), roi)
+                              torch.from_numpy(alpha).to(self._dev), (0, 0, x1 - x0, y1 - y0), roi,
+                              offset=None if offset is None else torch.from_numpy(offset))
         dst[y0:y1, x0:x1] = res.cpu().numpy()
-
-    @staticmethod
-    def _seamless(frame, dst, alpha, box) -> None:
-        """Poisson blend of the swapped face box into the live frame (OpenCV's seamlessClone), then the
-        same soft mask on top, so the edge stays feathered and the eyes/mouth stay live. The clone's
-        centre is the centre of the mask's bounding rectangle, so the face never shifts."""
-        x0, y0, x1, y1 = box
-        m = (alpha > 0.05).astype(np.uint8) * 255
-        if m.shape[0] < 8 or m.shape[1] < 8 or not m.any():
-            return
-        m[0, :] = m[-1, :] = 0
-        m[:, 0] = m[:, -1] = 0
-        bx, by, bw, bh = cv2.boundingRect(m)
-        if bw < 3 or bh < 3:
-            return
-        live = np.ascontiguousarray(frame[y0:y1, x0:x1])
-        patch = np.ascontiguousarray(dst[y0:y1, x0:x1])
-        res = cv2.seamlessClone(patch, live, m, (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
-        a = alpha[..., None]
-        dst[y0:y1, x0:x1] = (live * (1.0 - a) + res * a + 0.5).astype(np.uint8)
 
 
 # ---- benchmark -----------------------------------------------------------------------------------------
@@ -577,3 +597,36 @@ def _bench_faceswap():
 
         variants[label] = step
     return variants
+
+
+# ---- quality: the `avatarcast eval --suite faceswap` measures -----------------------------------------
+
+def _register_suite() -> None:
+    from . import evaluate as ev
+
+    erode, feather = (FaceSwap.param(n).default for n in ("erode", "feather"))
+
+    class SwapEdge(ev.EdgeVisibility):
+        # the default mask's soft edge: it starts `erode` inside the outline and ramps over `feather`
+        insets = (erode, erode + feather / 2, erode + feather)
+
+    ev.register_suite(ev.Suite(
+        "faceswap", "avatar face swapped onto the driver (issue 4): expression kept, identity moved, flicker, edges",
+        cross=[ev.MotionTransfer, ev.Identity, ev.Flicker, SwapEdge, ev.FaceFound],
+        targets=[
+            ev.Target("cross", "motion_r", "min", ">=", 0.95, "expression kept: motion transfer r input -> output, "
+                      "worst clip x avatar"),
+            ev.Target("cross", "id_margin", "min", ">", 0.0, "identity moved: output closer to the avatar than to "
+                      "the original (distance to original - to avatar), worst pair"),
+            ev.Target("cross", "flicker_ratio", "max", "<=", 1.2, "flicker: output / input frame-to-frame difference "
+                      "in the face region, worst pair"),
+            ev.Target("cross", "edge_ratio", "max", "<=", 1.2, "edge: output / input gradient along the mask "
+                      "boundary, worst pair"),
+        ],
+        columns=[("cross", "motion_r", "motion r"), ("cross", "id_to_avatar", "d avatar"),
+                 ("cross", "id_to_original", "d orig"), ("cross", "flicker_ratio", "flicker x"),
+                 ("cross", "edge_ratio", "edge x"), ("cross", "found_rate", "found")],
+    ))
+
+
+_register_suite()

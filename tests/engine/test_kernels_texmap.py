@@ -35,20 +35,21 @@ def test_numba_reference_torch_agree(seed):
     src = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
     region = (5, 3, 97, 78)
     alpha = rng.uniform(-0.2, 1.2, (75, 92)).astype(np.float32)
+    offset = rng.uniform(-60, 60, (75, 92, 3)).astype(np.float32) if seed else None
     out_nb = np.full_like(src, 7)
-    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb)
+    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb, offset=offset)
     out_ref = np.full_like(src, 7)
-    k.texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out_ref)
+    k.texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out_ref, offset=offset)
     out_t = torch.full(src.shape, 7, dtype=torch.uint8)
     k.texmap_torch(torch.from_numpy(src), torch.from_numpy(tex), tex_pts, dst_pts, tris, torch.from_numpy(alpha),
-                   region, out_t)
+                   region, out_t, offset=None if offset is None else torch.from_numpy(offset))
     assert np.abs(out_nb.astype(int) - out_ref).max() <= 1
     assert np.abs(out_nb.astype(int) - out_t.numpy()).max() <= 1
     # outside the region: untouched
     assert (out_nb[:3] == 7).all() and (out_nb[:, 97:] == 7).all()
     # owner maps agree exactly
     st = k.TexMap()
-    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb, st)
+    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb, st, offset=offset)
     assert np.array_equal(st.owner, k.owner_ref(dst_pts, tris, region, src.shape[:2]))
 
 
@@ -100,3 +101,16 @@ def test_in_place_and_bad_alpha_shape():
     assert np.array_equal(inplace[5:25, 5:25], expect[5:25, 5:25])
     with pytest.raises(ValueError):
         k.texmap_numba(src, tex, pts, pts, tris, np.ones((3, 3), np.float32), (0, 0, 20, 20), src.copy())
+
+
+def test_offset_shifts_the_texture_colour():
+    tex = np.full((20, 20, 3), 100, np.uint8)
+    pts = np.array([[0, 0], [19, 0], [0, 19], [19, 19]], np.float64)
+    tris = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
+    src = np.zeros((20, 20, 3), np.uint8)
+    off = np.zeros((20, 20, 3), np.float32)
+    off[..., 0] = 30.0
+    off[..., 2] = 200.0  # clamps at 255
+    out = k.texmap_numba(src, tex, pts, pts, tris, np.ones((20, 20), np.float32), (0, 0, 20, 20), src.copy(),
+                         offset=off)
+    assert (out[..., 0] == 130).all() and (out[..., 1] == 100).all() and (out[..., 2] == 255).all()
