@@ -51,7 +51,7 @@ LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 BAND_RIGHT = (70, 63, 105, 66, 107, 55, 193, 133, 155, 154, 153, 145, 144, 163, 7, 33, 130)
 BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 390, 249, 263, 359)
 
-TEXTURE_VERSION = "2"
+TEXTURE_VERSION = "3"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 
 
@@ -59,7 +59,7 @@ MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to th
 def face_triangles() -> np.ndarray:
     """mediapipe's FACEMESH_TESSELATION as (852, 3) int32 triangles, each ordered counter-clockwise
     on screen for a face looking at the camera (image y down: positive signed area = front-facing).
-    The tesselation is a set of edges; its triangles are the 3-cycles that contain no other vertex."""
+    The tesselation is a set of edges; its triangles are its 3-cycles, less the spurious ones."""
     from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
 
     from .face_model import canonical
@@ -70,19 +70,23 @@ def face_triangles() -> np.ndarray:
         nbrs[a].add(b)
         nbrs[b].add(a)
     tris = sorted({(a, b, c) for a in range(468) for b in nbrs[a] if b > a for c in nbrs[a] & nbrs[b] if c > b})
+    # a 3-cycle that is no face of the mesh: its edges also border two real triangles, and it has a
+    # vertex inside it (two such in mediapipe 0.10's tesselation)
+    uses: dict[tuple[int, int], int] = {}
+    for a, b, c in tris:
+        for e in ((a, b), (b, c), (a, c)):
+            uses[e] = uses.get(e, 0) + 1
     out = []
     for t in tris:
         p = pts[list(t)]
-        area = _signed_area(p[None])[0]
-        inside = False
-        for v in set(range(468)) - set(t):
-            d = [(p[(i + 1) % 3, 0] - p[i, 0]) * (pts[v, 1] - p[i, 1]) - (p[(i + 1) % 3, 1] - p[i, 1]) * (pts[v, 0] - p[i, 0])
+        a, b, c = t
+        if sum(uses[e] > 2 for e in ((a, b), (b, c), (a, c))) >= 2:
+            q = np.delete(pts, list(t), axis=0)
+            d = [(p[(i + 1) % 3, 0] - p[i, 0]) * (q[:, 1] - p[i, 1]) - (p[(i + 1) % 3, 1] - p[i, 1]) * (q[:, 0] - p[i, 0])
                  for i in range(3)]
-            if all(x > 0 for x in d) or all(x < 0 for x in d):
-                inside = True
-                break
-        if not inside:
-            out.append(t if area > 0 else (t[0], t[2], t[1]))
+            if (((d[0] > 0) & (d[1] > 0) & (d[2] > 0)) | ((d[0] < 0) & (d[1] < 0) & (d[2] < 0))).any():
+                continue
+        out.append(t if _signed_area(p[None])[0] > 0 else (t[0], t[2], t[1]))
     return np.array(out, np.int32)
 
 
