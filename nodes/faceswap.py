@@ -51,7 +51,7 @@ LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 BAND_RIGHT = (70, 63, 105, 66, 107, 55, 193, 133, 155, 154, 153, 145, 144, 163, 7, 33, 130)
 BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 390, 249, 263, 359)
 
-TEXTURE_VERSION = "3"
+TEXTURE_VERSION = "6"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 
 
@@ -170,12 +170,38 @@ def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, 
     mirror = canonical()[1]
     vis = np.maximum(_signed_area(tl[tris][:, :, :2]), 0.0)
     vis_m = np.maximum(-_signed_area(tl[mirror[tris]][:, :, :2]), 0.0)  # a mirror image turns clockwise
-    use_mirror = vis < 0.6 * vis_m
+    use_mirror = vis < 0.05 * vis_m
     shown = (vis > 0) | use_mirror
     region = skin_region(tl[:, :2], tex.shape[:2], face_px)
+    stats = lab_stats(tex, region)
+    tex = clean_border(tex, tl[:, :2], stats, face_px)
     return {"texture": tex, "landmarks": tl.astype(np.float32), "pose": np.array([face.yaw, face.pitch], np.float32),
-            "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32), "lab": cv2.cvtColor(tex.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB),
-            "stats": lab_stats(tex, region)}
+            "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32),
+            "lab": cv2.cvtColor(tex.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB), "stats": stats}
+
+
+def clean_border(tex: np.ndarray, lm2: np.ndarray, stats: np.ndarray, face_w: float) -> np.ndarray:
+    """The avatar's hair, veil or deep shadow reaching inside its face outline near the edge would show
+    as a dark band along the swapped face's edge: pixels of the outer 20% band of the outline that are
+    far from the avatar's skin colour (same test as ``occlusion``) are inpainted from the skin around."""
+    oval = lm2[list(fmx.FACE_OVAL)]
+    band = np.zeros(tex.shape[:2], np.uint8)
+    cv2.fillPoly(band, [np.round(oval).astype(np.int32)], 1)
+    cv2.fillPoly(band, [np.round(_shrink(oval, 0.2 * face_w)).astype(np.int32)], 0)
+    bad = (occlusion_distance(tex, stats) > 3.0) & band.astype(bool)
+    if not bad.any():
+        return tex
+    bad = cv2.dilate(bad.astype(np.uint8), np.ones((5, 5), np.uint8))
+    return cv2.inpaint(tex, bad, max(3.0, 0.02 * face_w), cv2.INPAINT_TELEA)
+
+
+def occlusion_distance(bgr: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Per pixel: distance in LAB from the skin median in units of the skin spread, lightness at half
+    weight (shading is not a different material)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    z = (lab - skin[0]) / skin[1]
+    z[..., 0] *= 0.5
+    return np.sqrt((z * z).sum(-1))
 
 
 @dataclass
@@ -221,6 +247,10 @@ class Shot:
         shift = ((live[0] - mu_a) * amount + mu_a).astype(np.float32)
         np.subtract(self.lab, mu_a, out=self._tmp)
         np.multiply(self._tmp, ratio, out=self._tmp)
+        # chroma moves fully on lit skin, less in the avatar's dark shadows and hair (a full shift turns
+        # a brown shadow purple or green)
+        k = np.clip(self.lab[..., :1] / max(float(mu_a[0]), 1.0), 0.0, 1.0)
+        self._tmp[..., 1:] += (shift[1:] - mu_a[1:]) * (k - 1.0)
         np.add(self._tmp, shift, out=self._tmp)
         cv2.cvtColor(self._tmp, cv2.COLOR_LAB2BGR, dst=self._bgr)
         cv2.convertScaleAbs(self._bgr, dst=self.recoloured, alpha=255.0)
@@ -333,10 +363,7 @@ def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, 
     hair over the face). Distance in LAB from the skin median in units of the skin spread (L counted at
     half weight: shading is not an occluder); 0 below ``tol``, 1 at twice ``tol``. Eyes, brows and lips
     are not tested. Cleaned by an opening and blurred so no speckle shows."""
-    lab = cv2.cvtColor(small.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_BGR2LAB)
-    z = (lab - skin[0]) / skin[1]
-    z[..., 0] *= 0.5
-    d = np.sqrt((z * z).sum(-1))
+    d = occlusion_distance(small, skin)
     occ = np.clip((d - tol) / tol, 0.0, 1.0).astype(np.float32)
     keep = np.zeros(small.shape[:2], np.uint8)
     for loop, grow in ((BAND_RIGHT, 1.25), (BAND_LEFT, 1.25), (LIPS_OUTER, 1.3)):
@@ -412,6 +439,9 @@ class FaceSwap(Node):
             raise UserError("the faceswap node needs an avatar image", Where(self.ctx.preset_file, None, "avatar.images"),
                             "add `avatar: {images: [~/Pictures/avatar.jpg]}` to the preset")
         self.tris = face_triangles()
+        from .face_model import canonical
+
+        self._tri_centres = canonical()[0][self.tris].mean(1)  # (T, 3) in the canonical face's frame
         self.shots = load_shots([self.ctx.resolve(str(p)) for p in images], self.p["texture_size"])
         tk.warmup()
         self.texmap = tk.TexMap()
@@ -519,7 +549,10 @@ class FaceSwap(Node):
         # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
         tri = self.tris
         use = np.nonzero(shot.shown)[0]
-        order = use[np.argsort(lm[tri[use], 2].mean(1), kind="stable")]
+        # depth from the smoothed head rotation and the canonical face, not from the landmarks' own noisy
+        # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
+        depth = self._tri_centres[use] @ np.asarray(face.rotation, np.float64)[2]
+        order = use[np.argsort(depth, kind="stable")]
         tris = tri[order] + shot.tri_offset[order, None]
         n = len(lm2)
         if self._dst2.shape[0] != 2 * n:

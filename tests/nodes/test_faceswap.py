@@ -198,6 +198,14 @@ def test_tiny_border_and_profile_faces(shared_data, talking):
         assert xs.min() >= flat[:, 0].min() - 1 and xs.max() <= flat[:, 0].max() + 1
 
 
+def assert_kept(kept, painted, live, where, tol) -> None:
+    """``kept`` shows the live pixels at ``where`` (mean difference under ``tol``); ``painted``
+    (the same swap without the protection) clearly does not."""
+    d_kept = np.abs(kept[where].astype(int) - live[where]).mean()
+    d_painted = np.abs(painted[where].astype(int) - live[where]).mean()
+    assert d_kept < tol and d_painted > 4.0 * max(d_kept, 1.0), (d_kept, d_painted)
+
+
 def _open_mouth_frame(shared_data):
     frames = read_clip(shared_data / "driving" / "woman_expressions.mp4", 60, step=5)
     best = None
@@ -229,9 +237,7 @@ def test_mouth_mask_keeps_the_real_mouth_when_open(shared_data):
     # the mouth's opening is always the streamer's own (no stretched avatar lips across it)
     assert np.array_equal(on[inside], f[inside]) and np.array_equal(off[inside], f[inside])
     # mouth mask on: the lips are the streamer's too (nearly: soft edge); off: the avatar's lips
-    d_on = np.abs(on[lips].astype(int) - f[lips]).mean()
-    d_off = np.abs(off[lips].astype(int) - f[lips]).mean()
-    assert d_on < 2.0 and d_off > 4.0 * max(d_on, 1.0), (d_on, d_off)
+    assert_kept(on, off, f, lips, 2.0)
 
 
 def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking):
@@ -248,11 +254,7 @@ def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking)
     r = int(0.1 * face.width)
     occluded[cy - r:cy + r, cx - r:cx + r] = (40, 40, 45)
     core = (slice(cy - r // 2, cy + r // 2), slice(cx - r // 2, cx + r // 2))  # the soft edge aside
-    o = swap(n, occluded, [face])
-    o2 = swap(n2, occluded, [face])
-    d = np.abs(o[core].astype(int) - occluded[core]).mean()
-    d2 = np.abs(o2[core].astype(int) - occluded[core]).mean()
-    assert d < 6.0 and d2 > 4.0 * max(d, 1.0), (d, d2)
+    assert_kept(swap(n, occluded, [face]), swap(n2, occluded, [face]), occluded, core, 6.0)
 
 
 def test_selection_keeps_the_same_person_and_all_swaps_everyone(shared_data, talking):
