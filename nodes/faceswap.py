@@ -352,7 +352,7 @@ class SwapMask:
         sigma = max(0.15 * self.fw, 1.0)
         num = cv2.GaussianBlur(diff, (0, 0), sigma)
         den = cv2.GaussianBlur(support, (0, 0), sigma)
-        corr = num / np.maximum(den, 1e-3)[..., None]
+        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -30.0, 30.0)  # lighting, not repainting
         offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
         cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
         return offset
@@ -413,9 +413,9 @@ class FaceSwap(Node):
               min=0.0, max=1.0, step=0.1),
         Param("color_smoothing", "float", 0.5, "time constant of the colour statistics, seconds (steadier "
               "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
-        Param("blend", "choice", "seamless", "seamless: the avatar takes the live face's low-frequency "
-              "shading (a gradient-domain blend: no step at the edge, shadows follow the room's light); alpha: "
-              "the feathered mask blend alone", choices=("seamless", "alpha")),
+        Param("blend", "choice", "alpha", "alpha: the feathered mask blend; seamless: also a gradient-domain "
+              "step: the live face's shading along the mask's edge spreads smoothly over the avatar (no step at "
+              "the edge when avatar and room light differ a lot; can brighten a cheek)", choices=("alpha", "seamless")),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
         Param("occlusion", "choice", "skin", "skin: pixels inside the face that do not look like the live skin "
