@@ -53,6 +53,8 @@ BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 39
 
 TEXTURE_VERSION = "6"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
+DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
+BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
 @lru_cache(maxsize=1)
@@ -121,6 +123,20 @@ def skin_region(lm2: np.ndarray, shape: tuple[int, int], face_w: float) -> np.nd
         c = p.mean(0)
         cv2.fillPoly(m, [np.round(c + (p - c) * grow).astype(np.int32)], 0)
     return m
+
+
+def detail(bgr: np.ndarray, region: np.ndarray, face_w: float) -> float:
+    """How much fine detail a face shows: mean absolute Laplacian of the lightness inside ``region``
+    after scaling the image so the face is ``DETAIL_WIDTH`` pixels wide."""
+    s = DETAIL_WIDTH / max(face_w, 1.0)
+    if abs(s - 1.0) > 0.05:
+        size = (max(4, round(bgr.shape[1] * s)), max(4, round(bgr.shape[0] * s)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        region = cv2.resize(region.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    g = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    lap = np.abs(cv2.Laplacian(g, cv2.CV_16S, ksize=3))
+    m = region.astype(bool)
+    return float(lap[m].mean()) if m.any() else 0.0
 
 
 def lab_stats(bgr: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -228,6 +244,29 @@ class Shot:
         self._tmp = np.empty(self.lab.shape, np.float32)
         self._bgr = np.empty(self.lab.shape, np.float32)
         self._key: np.ndarray | None = None
+        # softened copies of the texture (a blurry webcam must not get a razor-sharp face) with their
+        # detail level measured as the live face's is: at a face width of DETAIL_WIDTH pixels
+        face_px = float(np.ptp(self.landmarks[list(fmx.FACE_OVAL), 0]))
+        region = skin_region(self.landmarks[:, :2], self.texture.shape[:2], face_px)
+        self.levels = []  # (sigma in texture pixels, texture, LAB texture, detail)
+        for sigma in BLUR_LEVELS:
+            t = self.texture if sigma == 0 else cv2.GaussianBlur(self.texture, (0, 0), sigma * face_px / 256.0)
+            lab = self.lab if sigma == 0 else cv2.cvtColor(t.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+            self.levels.append((sigma, t, lab, detail(t, region, face_px)))
+        self.level = 0
+
+    def choose_level(self, live_detail: float) -> None:
+        """The sharpest level whose detail is at most 15% above the live face's (10% hysteresis)."""
+        want = len(self.levels) - 1
+        for k, (_, _, _, d) in enumerate(self.levels):
+            if d <= 1.15 * live_detail:
+                want = k
+                break
+        cur = self.levels[self.level][3]
+        if want != self.level and not (0.9 * live_detail <= cur <= 1.1 * live_detail):
+            self.level = want
+            self._key = None
+            self.texture, self.lab = self.levels[want][1], self.levels[want][2]
 
     def recolour(self, live: np.ndarray, amount: float) -> np.ndarray:
         """The texture with its skin's LAB median/spread moved to ``live`` (2, 3) by ``amount`` (0..1).
@@ -381,6 +420,7 @@ def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, 
 @dataclass
 class _TrackState:
     stats: np.ndarray | None = None  # smoothed live skin LAB statistics
+    detail: float | None = None  # smoothed live face detail (``detail``)
     shot: int = 0
     fade: float = 0.0  # fades in when a face appears
     seen: int = 0  # frame counter of the last update
@@ -428,6 +468,8 @@ class FaceSwap(Node):
         Param("pitch_limit", "float", 35.0, "the same for looking up or down, degrees", min=5.0, max=80.0, step=5.0),
         Param("min_face", "int", 40, "faces narrower than this (pixels) are left alone; the swap fades in over "
               "the next 50%", min=8, max=1000),
+        Param("match_sharpness", "bool", True, "soften the avatar's face to the camera's sharpness (a soft "
+              "webcam image with a crisp painted face looks pasted on)"),
         Param("strength", "float", 1.0, "overall opacity of the swapped face", min=0.0, max=1.0, step=0.05),
         Param("texture_size", "int", 256, "avatar face texture width in pixels (prepared once, cached)", min=64,
               max=1024, live=False),
@@ -539,11 +581,16 @@ class FaceSwap(Node):
         mouth_w = float(smoothstep((mo - t / 3.0) / (t - t / 3.0))) if p["mouth_mask"] else 0.0
         alpha, small, region = self.mask.build(frame, lm2, (x0, y0, x1, y1), face_w, p, weight, mouth_w, st.stats)
         live = lab_stats(small, region)
+        k = 1.0
         if st.stats is None:
             st.stats = live
         else:
             k = 1.0 - math.exp(-1.0 / max(p["color_smoothing"] * self.ctx.fps, 1e-6))
             st.stats += (live - st.stats) * np.float32(k)
+        if p["match_sharpness"]:
+            d = detail(small, region, face_w * small.shape[1] / (x1 - x0))
+            st.detail = d if st.detail is None else st.detail + (d - st.detail) * k
+            shot.choose_level(st.detail)
         tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0)
         # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
         # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
