@@ -304,3 +304,35 @@ def test_torch_path_gives_the_numba_frames(shared_data, talking):
     for f, fc in zip(frames[:4], faces[:4], strict=True):
         oa, ob = swap(a, f, fc), swap(b, f, fc)
         assert np.abs(oa.astype(int) - ob).max() <= 1
+
+
+def test_texture_softens_to_the_cameras_detail(shared_data, talking):
+    from nodes.faceswap import detail
+
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2])
+    shot = n.shots[0]
+    d = [lv[3] for lv in shot.levels]
+    assert all(a > b for a, b in zip(d, d[1:], strict=False))  # each level softer than the last
+    shot.choose_level(1e9)
+    assert shot.level == 0  # a sharp camera: the avatar's own texture
+    shot.choose_level(d[3])
+    assert shot.level == 3
+    # a blurred camera frame measures less detail than the same frame sharp
+    f, face = frames[0], faces[0][0]
+    from nodes.faceswap import skin_region
+
+    region = skin_region(face.landmarks[:, :2], f.shape[:2], face.width)
+    assert detail(cv2.GaussianBlur(f, (0, 0), 2.0), region, face.width) < 0.8 * detail(f, region, face.width)
+
+
+def test_seamless_blend_runs_and_differs_only_inside_the_face(shared_data, talking):
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    a = swap(swap_node(shared_data, f.shape[:2], blend="alpha"), f, fc)
+    s = swap(swap_node(shared_data, f.shape[:2], blend="seamless"), f, fc)
+    diff = np.abs(a.astype(int) - s).sum(-1) > 0
+    assert diff.any()
+    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
+    assert not diff[: max(y0 - 2, 0)].any() and not diff[y1 + 3:].any()
+    assert not diff[:, : max(x0 - 2, 0)].any() and not diff[:, x1 + 3:].any()
