@@ -318,12 +318,13 @@ def _grad_mag(img: np.ndarray) -> np.ndarray:
 
 def outline_curves(lm: np.ndarray, insets: tuple[float, ...]) -> list[np.ndarray]:
     """The face outline (FACE_OVAL) pulled towards its centroid by each inset (fraction of the face
-    width): closed polylines (N, 2) float32 in pixels."""
-    oval = np.asarray(lm, np.float64)[list(fmx.FACE_OVAL), :2]
+    width), in 3D when the landmarks have z (as the face swap's mask is), seen from the camera:
+    closed polylines (N, 2) float32 in pixels."""
+    oval = np.asarray(lm, np.float64)[list(fmx.FACE_OVAL)]
     c = oval.mean(0)
     r = np.linalg.norm(oval - c, axis=1, keepdims=True)
     fw = float(np.ptp(oval[:, 0]))
-    return [(c + (oval - c) * np.clip(1.0 - f * fw / np.maximum(r, 1e-6), 0.0, 1.0)).astype(np.float32)
+    return [(c + (oval - c) * np.clip(1.0 - f * fw / np.maximum(r, 1e-6), 0.0, 1.0))[:, :2].astype(np.float32)
             for f in insets]
 
 

@@ -13,7 +13,8 @@ Per chosen face, per frame, working only inside the face's box:
      ``yaw_limit`` / ``pitch_limit``, as the face gets tiny, or as the tracker eases a lost face out;
   4. the texture is mapped through mediapipe's dense face mesh (852 triangles, nearest first,
      back-facing ones skipped) onto the live landmarks and blended (``engine.kernels.texmap``: numba
-     on the CPU, torch on CUDA); ``blend: seamless`` adds a gradient-domain (Poisson) step.
+     on the CPU, torch on CUDA); ``blend: seamless`` (default) adds a gradient-domain step: the
+     live shading along the mask's edge spread over the face as a smooth membrane.
 
 The mesh has no triangles over the eye openings or between the lips, so the streamer's own eyes and
 mouth interior always show through: avatar lips are never stretched over an open mouth.
@@ -107,10 +108,13 @@ def smoothstep(x):
 # ---- masks ---------------------------------------------------------------------------------------------
 
 def _shrink(poly: np.ndarray, dist: float) -> np.ndarray:
-    """Pull a closed outline towards its centroid by about ``dist`` pixels."""
+    """Pull a closed outline (N, 2|3) towards its centroid by about ``dist`` pixels; returns (N, 2).
+    With z (pixels, as the face node gives), the pull is in 3D and then seen from the camera: on a
+    turned head the far side's edge moves less on screen, as the face surface is foreshortened there,
+    so the edge stays on the cheek instead of cutting through the nose and the eye."""
     c = poly.mean(0)
     r = np.linalg.norm(poly - c, axis=1, keepdims=True)
-    return c + (poly - c) * np.clip(1.0 - dist / np.maximum(r, 1e-6), 0.0, 1.0)
+    return (c + (poly - c) * np.clip(1.0 - dist / np.maximum(r, 1e-6), 0.0, 1.0))[:, :2]
 
 
 def skin_region(lm2: np.ndarray, shape: tuple[int, int], face_w: float) -> np.ndarray:
@@ -328,7 +332,7 @@ class SwapMask:
         self._warped = np.empty((0, 0, 3), np.uint8)
         self._small_map = tk.TexMap()
 
-    def build(self, frame: np.ndarray, lm2: np.ndarray, box: tuple[int, int, int, int], face_w: float, p: dict,
+    def build(self, frame: np.ndarray, lm: np.ndarray, box: tuple[int, int, int, int], face_w: float, p: dict,
               weight: float, mouth_w: float, skin: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (alpha (bh, bw) float32 in [0, 1], small BGR crop, small skin region) for the box."""
         x0, y0, x1, y1 = box
@@ -336,11 +340,13 @@ class SwapMask:
         q = min(1.0, MASK_WIDTH / max(bw, 1))
         mw, mh = max(4, int(round(bw * q))), max(4, int(round(bh * q)))
         small = cv2.resize(frame[y0:y1, x0:x1], (mw, mh), interpolation=cv2.INTER_AREA)
+        lm2 = lm[:, :2]
         pts = (lm2 - (x0, y0)) * (mw / bw, mh / bh)
+        oval3 = np.concatenate([pts[list(fmx.FACE_OVAL)], lm[list(fmx.FACE_OVAL), 2:3] * (mw / bw)], axis=1)
         fw = face_w * mw / bw
         outer = np.zeros((mh, mw), np.uint8)
         ramp = max(p["feather"] * fw, 1.0)
-        cv2.fillPoly(outer, [np.round(_shrink(pts[list(fmx.FACE_OVAL)], p["erode"] * fw + 0.5 * ramp) * 16)
+        cv2.fillPoly(outer, [np.round(_shrink(oval3, p["erode"] * fw + 0.5 * ramp) * 16)
                              .astype(np.int32)], 255, cv2.LINE_AA, 4)
         cv2.GaussianBlur(outer, (0, 0), ramp / 4.0, dst=outer)
         holes = np.zeros((mh, mw), np.uint8)
@@ -453,9 +459,10 @@ class FaceSwap(Node):
               min=0.0, max=1.0, step=0.1),
         Param("color_smoothing", "float", 0.5, "time constant of the colour statistics, seconds (steadier "
               "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
-        Param("blend", "choice", "alpha", "alpha: the feathered mask blend; seamless: also a gradient-domain "
-              "step: the live face's shading along the mask's edge spreads smoothly over the avatar (no step at "
-              "the edge when avatar and room light differ a lot; can brighten a cheek)", choices=("alpha", "seamless")),
+        Param("blend", "choice", "seamless", "seamless: a gradient-domain step on top of the feathered mask: the "
+              "live face's shading along the mask's edge spreads smoothly over the avatar (no step at the edge "
+              "when avatar and room light differ); alpha: the feathered mask blend alone (faster)",
+              choices=("seamless", "alpha")),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
         Param("occlusion", "choice", "skin", "skin: pixels inside the face that do not look like the live skin "
@@ -579,7 +586,7 @@ class FaceSwap(Node):
         mo = float(fmx.mouth_open(lm))
         t = p["mouth_threshold"]
         mouth_w = float(smoothstep((mo - t / 3.0) / (t - t / 3.0))) if p["mouth_mask"] else 0.0
-        alpha, small, region = self.mask.build(frame, lm2, (x0, y0, x1, y1), face_w, p, weight, mouth_w, st.stats)
+        alpha, small, region = self.mask.build(frame, lm, (x0, y0, x1, y1), face_w, p, weight, mouth_w, st.stats)
         live = lab_stats(small, region)
         k = 1.0
         if st.stats is None:
@@ -654,7 +661,8 @@ def _bench_faceswap():
                                 ("720p swap alone", (720, 1280), {}),
                                 ("1080p tracking + swap", (1080, 1920), {}),
                                 ("1080p swap alone", (1080, 1920), {}),
-                                ("720p tracking + swap, seamless", (720, 1280), {"blend": "seamless"})):
+                                ("720p tracking + swap, blend alpha", (720, 1280), {"blend": "alpha"}),
+                                ("1080p tracking + swap, blend alpha", (1080, 1920), {"blend": "alpha"})):
         frames = frames720 if size == (720, 1280) else [cv2.resize(f, (size[1], size[0])) for f in frames720]
         ctx = BuildContext(source_size=size, avatar=Avatar(images=[avatar]))
         fnode = FaceNode("face", FaceNode.validate_params({"max_faces": 1})[0], ctx)
