@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .errors import SinkError, UserError
+from .errors import UserError
 from .params import ParamError, parse_size
 
 log = logging.getLogger("avatarcast")
@@ -50,9 +50,22 @@ def _fps(text: str) -> float:
     return v
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (not the one at set-up), so a
+    replaced or closed stderr (tests, embedding) never breaks logging."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("avatarcast: %(levelname)s: %(message)s" if verbose else
                                            "avatarcast: %(message)s"))
     root = logging.getLogger()
@@ -72,10 +85,9 @@ def load_presets(words: list[str]):
 
 def _engine(presets, source, args, live: bool):
     from .device import pick_device
-    from .runtime import Engine
-
     from .library import find_preset_file
     from .preset import load_preset
+    from .runtime import Engine
 
     words = list(getattr(args, "preset", None) or [])
     reload = (lambda: [load_preset(find_preset_file(w)) for w in words]) if words else None
@@ -102,6 +114,7 @@ def cmd_run(args) -> int:
             hook(engine, args)
         runner = LiveRunner(source, engine, sink, fps=args.fps or source.fps, max_frames=args.max_frames,
                             duration=args.duration)
+        runner.open_sink()
         names = ", ".join(f"{i + 1}: {p.name}" for i, p in enumerate(presets))
         log.info("live: %s %dx%d -> %s %dx%d at %.3g fps; presets %s (Ctrl+C to stop)", source.name,
                  *source.size, args.output, *engine.out_size, runner.fps, names)
@@ -127,9 +140,10 @@ STOP_HOOKS: list = []
 
 def cmd_render(args) -> int:
     from .runtime import render
-    from .sinks import FileSink
+    from .sinks import FileSink, check_output_path
     from .sources import open_source
 
+    check_output_path(Path(args.output))
     presets = load_presets([args.preset])
     source = open_source(args.input, live=False, frames=args.max_frames)
     source.open()
@@ -151,7 +165,6 @@ def cmd_demo(args) -> int:
     from .library import find_preset
     from .runtime import render
     from .sinks import FileSink, WindowSink, display_available
-    from .sources import DemoSource
 
     preset = find_preset(args.preset)
     source = DEMO_SOURCE_FACTORY(args)
@@ -258,7 +271,6 @@ def cmd_preset_validate(args) -> int:
 
 def cmd_bench(args) -> int:
     from . import bench
-
     from .node import discover
 
     discover()

@@ -67,9 +67,9 @@ class Command:
         return {"command": self.name, **dict(self.args)}
 
 
-def make_command(name: str, source: str = "api", **args: Any) -> Command:
+def make_command(command: str, /, source: str = "api", **args: Any) -> Command:
     """Build and validate a command (raises CommandError)."""
-    return parse_command({"command": name, **args}, source)
+    return parse_command({"command": command, **args}, source)
 
 
 def parse_command(payload: Any, source: str = "api") -> Command:

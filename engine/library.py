@@ -41,7 +41,9 @@ def preset_files() -> list[Path]:
     out: list[Path] = []
     user = user_presets_dir()
     if user.is_dir():
-        out += sorted(user.glob("*/preset.yaml")) + sorted(user.glob("*.yaml"))
+        # folders starting with '.' are installs or removals in progress (engine.bundle)
+        out += sorted(f for f in user.glob("*/preset.yaml") if not f.parent.name.startswith(".")) + \
+            sorted(user.glob("*.yaml"))
     shipped = shipped_presets_dir()
     if shipped.is_dir():
         out += sorted(shipped.glob("*.yaml"))

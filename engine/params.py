@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class PortType(str, Enum):
+class PortType(StrEnum):
     """What flows through a port.
 
     FRAME: ``(H, W, 3) uint8`` BGR image, C-contiguous.
@@ -118,11 +118,10 @@ class Param:
         if t == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ParamError(f"expected a number ({self.kind_text()}), got {value!r}")
-            value = float(value)
             if not math.isfinite(value):
                 raise ParamError(f"expected a finite number, got {value!r}")
             self._check_range(value)
-            return value
+            return float(value)
         if t == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 if isinstance(value, float) and value.is_integer():

@@ -68,7 +68,7 @@ class Preset:
     description: str = ""
     hotkey: str | None = None
     obs_scenes: list[str] = field(default_factory=list)
-    schema: int = SCHEMA_VERSION
+    schema: int = SCHEMA_VERSION  # the version the file declared (0: written before versioning); raw is migrated
     raw: dict = field(default_factory=dict)
 
     def node(self, node_id: str) -> NodeSpec | None:
@@ -111,16 +111,122 @@ def loads_preset(text: str, base_dir: str | Path = ".", file: str | Path | None 
     return parse_preset(loads(text, file), file=Path(file) if file else None, base_dir=Path(base_dir))
 
 
+# Schema 0 is every preset written before the format was versioned (no `schema:` key): the minimal
+# contract in this module's docstring, plus two spellings that early files used and schema 1 dropped:
+#   avatar: mona.jpg                          (one image as text)  ->  avatar: {images: [mona.jpg]}
+#   - {node: crop, params: {x: 10}}           (nested params)      ->  - {node: crop, x: 10}
+
+
+def _migrate_0_to_1(data: LocDict) -> LocDict:
+    """Schema 0 -> 1: spell the avatar as a mapping and lift nested ``params:`` beside ``node``."""
+    out = LocDict(data)
+    out.line, out.lines = line_of(data), dict(getattr(data, "lines", {}))
+    av = data.get("avatar")
+    if isinstance(av, str):
+        images = LocList([av])
+        images.line = images_line = line_of(data, "avatar")
+        images.lines = [images_line]
+        new_av = LocDict(images=images)
+        new_av.line, new_av.lines = images_line, {"images": images_line}
+        out["avatar"] = new_av
+    pipe = data.get("pipeline")
+    if isinstance(pipe, list):
+        new_pipe = LocList()
+        new_pipe.line, new_pipe.lines = line_of(pipe), list(getattr(pipe, "lines", []))
+        for entry in pipe:
+            nested = entry.get("params") if isinstance(entry, dict) else None
+            cls = discover().get(entry.get("node")) if isinstance(entry, dict) and isinstance(
+                entry.get("node"), str) else None
+            declares_params = cls is not None and any(p.name == "params" for p in cls.params)
+            if isinstance(nested, dict) and not declares_params:
+                lifted = LocDict((k, v) for k, v in entry.items() if k != "params")
+                lifted.line = line_of(entry)
+                lifted.lines = {k: v for k, v in getattr(entry, "lines", {}).items() if k != "params"}
+                for k, v in nested.items():
+                    if k not in lifted:  # a param written both ways: the one beside `node` wins
+                        lifted[k] = v
+                        lifted.lines[k] = line_of(nested, k)
+                entry = lifted
+            new_pipe.append(entry)
+        out["pipeline"] = new_pipe
+    out["schema"] = 1
+    out.lines.setdefault("schema", line_of(data))
+    return out
+
+
+# MIGRATIONS[n] turns a schema-n preset into a schema-(n+1) one; each step is small and tested.
+MIGRATIONS = {0: _migrate_0_to_1}
+
+
+def schema_of(data: dict) -> Any:
+    """The format version a preset file declares; files without ``schema:`` are schema 0."""
+    return data.get("schema", 0)
+
+
 def migrate(data: LocDict, probs: _Problems) -> LocDict:
-    """Bring an older preset up to the current schema (refusing newer ones)."""
-    schema = data.get("schema", SCHEMA_VERSION)
+    """Bring an older preset up to the current schema, one step at a time; refuse newer ones (the only
+    problem reported then: the rest of a newer file cannot be judged by this version)."""
+    schema = schema_of(data)
     if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
-        probs.add(f"schema must be a whole number (this version reads up to {SCHEMA_VERSION}), got {schema!r}",
-                  line_of(data, "schema"), "schema")
-    elif schema > SCHEMA_VERSION:
+        probs.add(f"schema must be a whole number (this version reads 0 to {SCHEMA_VERSION}), got {schema!r}",
+                  line_of(data, "schema"), "schema", f"write `schema: {SCHEMA_VERSION}`")
+        return data
+    if schema > SCHEMA_VERSION:
+        probs.items.clear()
         probs.add(f"preset format version {schema} is newer than this avatarcast understands "
-                  f"(up to {SCHEMA_VERSION})", line_of(data, "schema"), "schema",
+                  f"(it reads up to {SCHEMA_VERSION})", line_of(data, "schema"), "schema",
                   "upgrade avatarcast: pip install -U avatarcast")
+        probs.raise_if_any()
+    while schema < SCHEMA_VERSION:
+        data = MIGRATIONS[schema](data)
+        schema += 1
+    return data
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file a preset names: an avatar image or a node param of type ``path``."""
+
+    field: str  # e.g. ``avatar.images[0]`` or ``pipeline[2].lut``
+    value: str  # as written in the preset
+    line: int | None
+    kind: str  # 'avatar' or 'param'
+    keys: tuple = ()  # where the value sits in the mapping, e.g. ('pipeline', 2, 'lut')
+
+
+def file_refs(data: Any) -> list[FileRef]:
+    """Every file a (migrated) preset mapping names, found from the node declarations (params of type
+    ``path``). Values that are not text are skipped (the loader reports them)."""
+    refs: list[FileRef] = []
+    if not isinstance(data, dict):
+        return refs
+    av = data.get("avatar")
+    images = av.get("images") if isinstance(av, dict) else None
+    if isinstance(images, str):
+        refs.append(FileRef("avatar.images", images, line_of(av, "images"), "avatar", ("avatar", "images")))
+    elif isinstance(images, list):
+        refs += [FileRef(f"avatar.images[{i}]", v, line_of(images, i), "avatar", ("avatar", "images", i))
+                 for i, v in enumerate(images) if isinstance(v, str)]
+    pipe = data.get("pipeline")
+    registry = discover()
+    for i, entry in enumerate(pipe if isinstance(pipe, list) else []):
+        cls = registry.get(entry.get("node")) if isinstance(entry, dict) and isinstance(entry.get("node"), str) \
+            else None
+        for p in cls.params if cls is not None else ():
+            value = entry.get(p.name)
+            if p.type == "path" and isinstance(value, str):
+                refs.append(FileRef(f"pipeline[{i}].{p.name}", value, line_of(entry, p.name), "param",
+                                    ("pipeline", i, p.name)))
+    return refs
+
+
+def upgrade(data: Any, file: Path | None = None) -> Any:
+    """``data`` migrated to the current schema (PresetError for a bad or newer ``schema``)."""
+    if not isinstance(data, dict):
+        return data
+    probs = _Problems(file)
+    data = migrate(data, probs)
+    probs.raise_if_any()
     return data
 
 
@@ -129,6 +235,7 @@ def parse_preset(data: Any, file: Path | None = None, base_dir: Path = Path(".")
     if not isinstance(data, dict):
         probs.add("a preset must be a mapping with at least `name` and `pipeline`", line_of(data))
         probs.raise_if_any()
+    file_schema = schema_of(data)
     data = migrate(data, probs)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
@@ -153,7 +260,7 @@ def parse_preset(data: Any, file: Path | None = None, base_dir: Path = Path(".")
     return Preset(
         name=str(name).strip(), file=file, dir=base_dir, avatar=avatar, nodes=ordered, output=out_ref,
         description=data.get("description", "") or "", hotkey=data.get("hotkey"), obs_scenes=obs_scenes,
-        schema=int(data.get("schema", SCHEMA_VERSION)), raw=data,
+        schema=file_schema, raw=data,
     )
 
 

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from .control import Command, CommandBus
-from .errors import AvatarcastError, CommandError, SinkError, SourceError, UserError
+from .errors import AvatarcastError, CommandError, SinkError, SourceError, UserError, Where
 from .graph import Graph, build_graph, fit_into
 from .kernels import transform as tk
 from .node import BuildContext
@@ -421,6 +421,7 @@ def render(source: Source, engine: Engine, sink: Sink, *, max_frames: int | None
         if isinstance(source, VideoSource) and max_frames is None and source.frame_count and \
                 n < source.frame_count - 2:
             raise SourceError(f"the video ended early: decoded {n} of {source.frame_count} frames (truncated or corrupt)",
+                              Where(source.path),
                               hint="re-encode it with ffmpeg, or pass --max-frames to render the readable part")
         if n == 0:
             raise SourceError("no frames could be read from the input")
@@ -456,6 +457,7 @@ class LiveRunner:
         self._source_ended = threading.Event()
         self.error: BaseException | None = None
         self.stats = engine.stats
+        self._sink_open = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -551,9 +553,15 @@ class LiveRunner:
                 self.stats.node_ms = self.engine.graph.timings()
                 log.info("%s | %s", self.engine.preset.name, self.stats.line())
 
+    def open_sink(self) -> None:
+        """Open the output now (fail fast, before announcing the stream); run() then uses it as is."""
+        if not self._sink_open:
+            self.sink.open(self.engine.out_size, self.fps)
+            self._sink_open = True
+
     def run(self) -> Stats:
         """Run until stopped, max_frames/duration reached, or a non-looping source ends."""
-        self.sink.open(self.engine.out_size, self.fps)
+        self.open_sink()
         threads = [threading.Thread(target=self._capture, name="capture", daemon=True),
                    threading.Thread(target=self._process, name="process", daemon=True)]
         for t in threads:

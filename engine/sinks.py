@@ -92,7 +92,12 @@ class FileSink(Sink):
     def open(self, size, fps) -> None:
         check_output_path(self.path)
         suffix = self.path.suffix.lower()
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{suffix}", dir=self.path.parent or ".")
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".part{suffix}",
+                                       dir=self.path.parent or ".")
+        except OSError as exc:
+            raise SinkError(f"cannot write in {self.path.parent or '.'}: {exc.strerror}", Where(self.path),
+                            "pick a folder you can write to") from None
         os.close(fd)
         self._tmp = Path(tmp)
         self.size = size
@@ -101,15 +106,11 @@ class FileSink(Sink):
         w, h = size
         if w % 2 or h % 2:
             raise SinkError(f"video size {w}x{h} must be even for H.264", Where(self.path), "use --size with even numbers")
+        self.fps = fps
         cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
-               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", f"{fps:.6g}", "-i", "-"]
-        audio = self.audio_from is not None and has_audio(self.audio_from)
-        if audio:
-            cmd += ["-i", str(self.audio_from), "-map", "0:v:0", "-map", "1:a:0?", "-c:a", "aac", "-b:a", "160k",
-                    "-shortest"]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
-                "-movflags", "+faststart", "-f", "mp4" if suffix in (".mp4", ".m4v", ".mov") else
-                {".mkv": "matroska", ".avi": "avi", ".webm": "matroska"}.get(suffix, "mp4"), str(self._tmp)]
+               "-f", "rawvideo", "-pix_fmt", "bgr24", "-s", f"{w}x{h}", "-r", f"{fps:.6g}", "-i", "-",
+               "-c:v", "libx264", "-preset", "veryfast", "-crf", str(self.crf), "-pix_fmt", "yuv420p",
+               "-movflags", "+faststart", "-f", self._format(), str(self._tmp)]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def write(self, frame: np.ndarray) -> None:
@@ -129,6 +130,7 @@ class FileSink(Sink):
         if tmp is None:
             return
         try:
+            self._proc_was_video = self._proc is not None
             if self._proc is not None:
                 proc, self._proc = self._proc, None
                 try:
@@ -145,11 +147,34 @@ class FileSink(Sink):
                 if not cv2.imwrite(str(tmp), self._last):
                     raise SinkError("could not encode the image", Where(self.path))
             if ok and self.frames > 0:
+                if self._proc_was_video and self.audio_from is not None and has_audio(self.audio_from):
+                    self._mux_audio(tmp)
                 os.replace(tmp, self.path)
                 tmp = None
         finally:
             if tmp is not None and tmp.exists():
                 tmp.unlink()
+
+
+    def _format(self) -> str:
+        return {".mkv": "matroska", ".webm": "matroska", ".avi": "avi"}.get(self.path.suffix.lower(), "mp4")
+
+    def _mux_audio(self, video: Path) -> None:
+        """Second pass: copy the video stream as is and add the source's audio, cut to the video's length
+        (every frame kept: no -shortest, which trims video to a shorter audio track)."""
+        muxed = video.with_name(video.name + ".mux")
+        cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-i", str(self.audio_from),
+               "-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "160k",
+               "-t", f"{self.frames / self.fps:.6f}", "-movflags", "+faststart", "-f", self._format(), str(muxed)]
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            if res.returncode != 0:
+                log.warning("could not copy the audio track (%s); the video has no sound", res.stderr.strip()[-200:])
+                return
+            os.replace(muxed, video)
+        finally:
+            if muxed.exists():
+                muxed.unlink()
 
 
 class PipeSink(Sink):

@@ -126,8 +126,9 @@ def loads(text: str, file: str | Path | None = None) -> Any:
     if len(text.encode("utf-8", "replace")) > MAX_YAML_BYTES:
         raise UserError(f"file is larger than {MAX_YAML_BYTES // 1024} KiB; a preset is a small text file",
                         Where(file))
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader refuses control characters here, as a YAMLError
         root = loader.get_single_node()
         if root is None:
             return None
@@ -141,8 +142,13 @@ def loads(text: str, file: str | Path | None = None) -> Any:
         raise UserError(f"not valid YAML: {problem}", Where(file, line)) from None
     except yaml.YAMLError as exc:
         raise UserError(f"not valid YAML: {exc}", Where(file)) from None
+    except RecursionError:  # PyYAML composes nested collections recursively, before _build's depth check
+        raise UserError(f"not valid YAML: nested deeper than {MAX_DEPTH} levels", Where(file)) from None
+    except (ValueError, OverflowError) as exc:  # PyYAML's scanner, e.g. an escape like "\U10001000"
+        raise UserError(f"not valid YAML: {exc}", Where(file)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_file(path: str | Path) -> Any:

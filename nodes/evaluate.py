@@ -469,9 +469,12 @@ class Evaluator:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def run(self, clips: list[Path], avatars: list[Path | None], self_reenact: bool = True) -> dict:
+    def run(self, clips: list[Path], avatars: list[Path | None], self_reenact: bool = True,
+            ceiling: bool = False) -> dict:
         runs: list[dict] = []
         t0 = time.perf_counter()
+        if ceiling:
+            runs += [self.ceiling(clip) for clip in clips]
         if self.suite.cross:
             for clip in clips:
                 for av in avatars:
@@ -489,6 +492,43 @@ class Evaluator:
                             "op": tg.op, "value": tg.value, "got": got, "pass": ok})
         return {"preset": self.preset.name, "suite": self.suite.name, "max_frames": self.max_frames,
                 "seconds": round(time.perf_counter() - t0, 1), "runs": runs, "summary": summary}
+
+    def ceiling(self, clip: Path) -> dict:
+        """How well the measurement itself agrees with itself: the driver's landmarks against those
+        re-detected on the mirrored driver frame (mapped back, left and right swapped). No output can
+        be expected to score above this on the same clip (a 'ceiling' run; no target)."""
+        from engine.sources import VideoSource
+
+        from .face_model import canonical
+
+        twin = canonical()[1]
+        src = VideoSource(clip)
+        src.open()
+        try:
+            w = src.size[0]
+            frame = np.empty((src.size[1], w, 3), np.uint8)
+            self._drv.reset()
+            self._out.reset()
+            drv, mir = [], []
+            n = 0
+            while (self.max_frames is None or n < self.max_frames) and src.read(frame):
+                a = self._drv.detect(frame)
+                b = self._out.detect(np.ascontiguousarray(frame[:, ::-1]))
+                nan = np.full((478, 3), np.nan, np.float32)
+                drv.append(a[0] if a else nan)
+                if b:
+                    m = b[0].copy()
+                    m[:, 0] = w - m[:, 0]
+                    mir.append(m[twin])
+                else:
+                    mir.append(nan)
+                n += 1
+        finally:
+            src.close()
+        figures = motion_transfer(np.array(drv), np.array(mir))
+        rec = {"kind": "ceiling", "clip": clip.name, "avatar": "(driver vs its mirror)", "figures": figures}
+        self.progress(f"{'ceil':<5} {clip.name:<26} {rec['avatar']:<34}  motion r {_fmt(figures['motion_r'])}")
+        return rec
 
     def _one(self, kind: str, clip: Path, avatar: Path | None, measures: list[Callable[[], Measure]],
              label: str | None = None) -> dict:
@@ -563,6 +603,11 @@ def _first_frame(clip: Path) -> np.ndarray:
     return f
 
 
+def _nanmean(vals: list[float]) -> float:
+    ok = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(ok)) if ok else float("nan")
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "n/a" if not math.isfinite(v) else f"{v:.3f}"
@@ -581,12 +626,13 @@ def report_lines(result: dict) -> list[str]:
     """The summary table: each target with what was measured and pass / FAIL."""
     lines = [f"\n{result['suite']} suite on preset {result['preset']!r}"
              f" ({len(result['runs'])} runs, {result['seconds']} s, max frames {result['max_frames']}):"]
-    cross = [r for r in result["runs"] if r["kind"] == "cross" and "figures" in r]
-    if cross and any(k.startswith("r_") for k in cross[0]["figures"]):
-        feats = [k for k in cross[0]["figures"] if k.startswith("r_")]
-        lines.append("  motion r per feature (mean over pairs): " + ", ".join(
-            f"{k[2:]} {_fmt(float(np.nanmean([r['figures'][k] for r in cross])) if any(math.isfinite(r['figures'][k]) for r in cross) else float('nan'))}"
-            for k in feats))
+    for kind, what in (("cross", "motion r per feature (mean over pairs)"),
+                       ("ceiling", "measurement ceiling, driver vs its own mirror re-detection")):
+        runs = [r for r in result["runs"] if r["kind"] == kind and "figures" in r]
+        feats = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("r_") or k == "motion_r"]
+        if feats:
+            lines.append(f"  {what}: " + ", ".join(f"{k.removeprefix('r_')} {_fmt(_nanmean([r['figures'][k] for r in runs]))}"
+                                                   for k in feats))
     for s in result["summary"]:
         verdict = "n/a" if s["pass"] is None else ("pass" if s["pass"] else "FAIL")
         lines.append(f"  {verdict:<4}  {s['target']}: {_fmt(s['got'])} (target {s['op']} {s['value']:g})")
@@ -635,7 +681,7 @@ def cmd_eval(args) -> int:
     else:
         avatars = list(_resolve_paths(args.avatars, default_avatars, "avatars", "avatar image"))
     with Evaluator(preset, suite, max_frames=args.max_frames, progress=print) as ev:
-        result = ev.run(clips, avatars, self_reenact=not args.no_self)
+        result = ev.run(clips, avatars, self_reenact=not args.no_self, ceiling=args.ceiling)
     for line in report_lines(result):
         print(line)
     if args.json:
@@ -686,6 +732,8 @@ def add_commands(sub, parsers=None) -> None:
                    help=f"what to measure: {', '.join(sorted(SUITES))} or a suite a node pack adds (default: reenact)")
     e.add_argument("--max-frames", type=_pos_int, metavar="N", help="use only the first N frames of each clip")
     e.add_argument("--no-self", action="store_true", help="skip the self-reenactment runs")
+    e.add_argument("--ceiling", action="store_true", help="also measure each clip against its own mirrored "
+                   "re-detection: the best motion r the measurement itself allows on that clip")
     e.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
     e.add_argument("--check", action="store_true", help="exit 1 when a target is missed or a run failed")
     e.set_defaults(func=cmd_eval)

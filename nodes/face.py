@@ -284,7 +284,7 @@ class FaceTracker:
 
     def update(self, found: list[np.ndarray], now: float, frame_size: tuple[int, int]) -> list[Face]:
         p = self.p
-        live = [tr for tr in self.tracks]
+        live = list(self.tracks)
         boxes = [box_of(a) for a in found]
         match = match_tracks([tr.face.box for tr in live], boxes)
         seen: set[int] = set()

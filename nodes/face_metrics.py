@@ -26,6 +26,10 @@ EYE_RIGHT_UPPER, EYE_RIGHT_LOWER = (160, 159, 158), (144, 145, 153)
 EYE_LEFT_UPPER, EYE_LEFT_LOWER = (387, 386, 385), (373, 374, 380)
 BROW_RIGHT = (70, 63, 105, 66, 107)
 BROW_LEFT = (300, 293, 334, 296, 336)
+# whole eye outlines (mediapipe FACEMESH_LEFT_EYE / RIGHT_EYE points): their centroids give a steadier
+# eye line than the corners alone
+EYE_LEFT_RING = (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466)
+EYE_RIGHT_RING = (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246)
 IRIS_RIGHT, IRIS_LEFT = 468, 473  # iris centres (refine_landmarks=True)
 # the face outline as a closed loop (forehead, the person's left side, chin, right side)
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
@@ -59,10 +63,15 @@ def _dot2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def face_axes(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Unit image-plane axes of the face: ``u`` along the eye line (towards the person's left eye),
     ``v`` perpendicular to it, pointing down the face. Each (..., 2)."""
-    d = _eye_centre(lm, "left")[..., :2] - _eye_centre(lm, "right")[..., :2]
+    d = _eye_line(lm)
     u = d / np.maximum(np.linalg.norm(d, axis=-1, keepdims=True), _EPS)
     v = np.stack([-u[..., 1], u[..., 0]], axis=-1)  # u rotated +90 degrees in image coordinates (y down)
     return u, v
+
+
+def _eye_line(lm: np.ndarray) -> np.ndarray:
+    """(..., 2) from the right eye's outline centroid to the left eye's."""
+    return _pt(lm, EYE_LEFT_RING)[..., :2] - _pt(lm, EYE_RIGHT_RING)[..., :2]
 
 
 def _eye_centre(lm: np.ndarray, side: str) -> np.ndarray:
@@ -118,8 +127,9 @@ def brow_height(lm: np.ndarray, side: str) -> np.ndarray:
 
 
 def roll_deg(lm: np.ndarray) -> np.ndarray:
-    """Eye-line angle in degrees in the image: > 0 when the head tilts clockwise (as ``Face.roll``)."""
-    d = _eye_centre(lm, "left")[..., :2] - _eye_centre(lm, "right")[..., :2]
+    """Eye-line angle in degrees in the image (between the centroids of the eye outlines): > 0 when
+    the head tilts clockwise (as ``Face.roll``)."""
+    d = _eye_line(lm)
     return np.degrees(np.arctan2(d[..., 1], d[..., 0]))
 
 
@@ -136,7 +146,7 @@ def pitch_proxy(lm: np.ndarray) -> np.ndarray:
     """Nose tip between the eye line and the chin: 1 - 2 * (fraction of the way down to the chin);
     grows when the person looks up (as ``Face.pitch``)."""
     _, v = face_axes(lm)
-    eyes = (_eye_centre(lm, "left")[..., :2] + _eye_centre(lm, "right")[..., :2]) * 0.5
+    eyes = (_pt(lm, EYE_LEFT_RING)[..., :2] + _pt(lm, EYE_RIGHT_RING)[..., :2]) * 0.5
     t = _dot2(lm[..., NOSE_TIP, :2] - eyes, v) / np.maximum(np.abs(_dot2(lm[..., CHIN, :2] - eyes, v)), _EPS)
     return 1.0 - 2.0 * t
 

@@ -61,6 +61,16 @@ def test_mirror_pipeline_flips_yaw_and_roll_and_fails_the_targets(clips):
     assert verdict[("found_rate", "min")] is True
 
 
+def test_ceiling_measures_the_measurement_against_itself(clips):
+    with ev.Evaluator(ev.pipeline_preset("[]"), ev.SUITES["reenact"], max_frames=60, progress=lambda s: None) as e:
+        rec = e.ceiling(clips[0])
+    f = rec["figures"]
+    assert rec["kind"] == "ceiling"
+    # independent detections of the same face agree well, not perfectly (detector noise)
+    assert 0.8 < f["motion_r"] < 0.999
+    assert f["r_yaw"] > 0.9 and f["r_mouth_open"] > 0.9
+
+
 def test_preset_avatar_is_replaced_by_each_avatar(clips, shared_data):
     avatars = [shared_data / "avatars" / "mona_lisa.jpg", shared_data / "avatars" / "dog.jpg"]
     preset = loads_preset(f"name: av\navatar: {{images: [{avatars[0]}]}}\npipeline: []\n")

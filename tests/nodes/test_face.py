@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from engine.node import BuildContext
-from engine.preset import loads_preset
+from engine.preset import load_preset
 from engine.runtime import Engine
 from nodes import face_metrics as fmx
 from nodes import face_model
@@ -242,8 +242,8 @@ def test_features_on_the_expressions_clip(shared_data):
     assert mouth[305:320].mean() > 0.4 > 0.1 > mouth[80:130].mean()
 
 
-def test_face_node_in_a_preset_through_the_engine(shared_data):
-    preset = loads_preset("name: track\npipeline:\n  - node: face\n    draw: pose\n")
+def test_shipped_face_check_preset_tracks_and_draws(shared_data, repo):
+    preset = load_preset(repo / "presets" / "face_check.yaml")
     eng = Engine([preset], source_size=(720, 720), live=False)
     eng.start()
     try:
@@ -255,3 +255,47 @@ def test_face_node_in_a_preset_through_the_engine(shared_data):
         assert len(faces) == 1 and faces[0].state == "tracked"
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("select", ["largest", "central"])
+def test_selection_picks_then_keeps_following_the_same_person(select):
+    pts, _ = face_model.canonical()
+    tr = FaceTracker(FaceNode.validate_params({"select": select})[0])
+
+    def face_at(x, scale):
+        return (scale * pts + [x, 240, 0]).astype(np.float32)
+
+    # a big face left of centre and a small one at the centre
+    first = tr.update([face_at(200, 70), face_at(330, 40)], 0.0, (480, 640))
+    assert len(first) == 1
+    expect_x = 200 if select == "largest" else 330
+    assert first[0].translation[0] == pytest.approx(expect_x, abs=2)
+    chosen = first[0].track_id
+    # the other face grows and moves to the centre: still the same person is followed
+    for k in range(1, 10):
+        a, b = face_at(200 - 5 * k, 70 - 3 * k), face_at(330 - 10 * k, 40 + 5 * k)
+        faces = tr.update([b, a], k / 30.0, (480, 640))  # detection order does not matter
+        assert faces[0].track_id == chosen
+    assert tr.update([], 0.5, (480, 640))[0].state == "held"  # lost: held, still the same person
+
+
+def test_smoothing_on_a_real_clip_halves_jitter_and_keeps_the_expression(shared_data):
+    """woman_talking.mp4, 120 frames: smoothed vs raw mediapipe landmarks."""
+    frames = clip_frames(shared_data / "driving" / "woman_talking.mp4", range(120))
+    det = MeshDetector(static=False, max_faces=1)
+    n = node(size=(512, 512))
+    raw, smooth = [], []
+    try:
+        for i in sorted(frames):
+            r, s = det.detect(frames[i]), run(n, frames[i])
+            assert r and s
+            raw.append(r[0])
+            smooth.append(s[0].landmarks)
+    finally:
+        det.close()
+        n.close()
+    raw, smooth = np.array(raw), np.array(smooth)
+    assert fmx.jitter(smooth) < 0.7 * fmx.jitter(raw)
+    fr, fs = fmx.feature_matrix(raw), fmx.feature_matrix(smooth)
+    rs = [fmx.pearson(fr[:, k], fs[:, k]) for k in range(fr.shape[1])]
+    assert np.mean(rs) > 0.95 and min(rs) > 0.85, dict(zip(fmx.MOTION_FEATURES, np.round(rs, 3), strict=True))
