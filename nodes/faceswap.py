@@ -394,9 +394,11 @@ class SwapMask:
         ring = (self._small_map.owner >= 0) & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
         support = ring.astype(np.float32)
         diff = (small.astype(np.float32) - self._warped.astype(np.float32)) * support[..., None]
-        sigma = max(0.15 * self.fw, 1.0)
-        num = cv2.GaussianBlur(diff, (0, 0), sigma)
-        den = cv2.GaussianBlur(support, (0, 0), sigma)
+        # the membrane is smooth: spread it at a quarter of the mask's resolution (cheap wide blur)
+        q = (max(2, small.shape[1] // 4), max(2, small.shape[0] // 4))
+        sigma = max(0.15 * self.fw / 4.0, 0.5)
+        num = cv2.GaussianBlur(cv2.resize(diff, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+        den = cv2.GaussianBlur(cv2.resize(support, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
         corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -30.0, 30.0)  # lighting, not repainting
         offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
         cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
