@@ -185,6 +185,178 @@ class SelfReenactment(Measure):
                 "landmark_px": float(np.mean(self.lmk)) if self.lmk else float("nan")}
 
 
+# ---- face-swap measures (issue 4) -----------------------------------------------------------------
+
+ALIGN_SIZE = 128
+
+
+class FaceNormaliser:
+    """Puts a face into the avatar's geometry: the image is mapped through the face mesh from its own
+    landmarks onto the avatar's (scaled into a 128 px crop), so two faces are compared pixel by pixel
+    whatever their pose and expression. ``region`` is the skin compared (see ``__init__``)."""
+
+    def __init__(self, avatar_image: np.ndarray, avatar_lm: np.ndarray):
+        from engine.kernels import texmap as tk
+
+        from .faceswap import EYE_LEFT, EYE_RIGHT, LIPS_OUTER, _signed_area, face_triangles
+
+        self._tk = tk
+        lm = np.asarray(avatar_lm, np.float64)[:, :2]
+        oval = lm[list(fmx.FACE_OVAL)]
+        s = 0.9 * ALIGN_SIZE / max(np.ptp(oval[:, 0]), np.ptp(oval[:, 1]))
+        t = ALIGN_SIZE / 2 - (oval.max(0) + oval.min(0)) / 2 * s
+        self.ref = lm * s + t
+        m = np.array([[s, 0, t[0]], [0, s, t[1]]])
+        self.avatar = self._bandpass(cv2.warpAffine(avatar_image, m, (ALIGN_SIZE, ALIGN_SIZE), flags=cv2.INTER_AREA))
+        tris = face_triangles()
+        self.tris = tris[_signed_area(self.ref[tris]) > 0]
+        # the inner face: the outline pulled in by 20% of the face width (where a swap's soft edge has
+        # ended), without the eyes and the mouth (a face swap keeps those live on purpose)
+        region = np.zeros((ALIGN_SIZE, ALIGN_SIZE), np.uint8)
+        c = oval.mean(0) * s + t
+        ov = self.ref[list(fmx.FACE_OVAL)]
+        r = np.linalg.norm(ov - c, axis=1, keepdims=True)
+        cv2.fillPoly(region, [np.round(c + (ov - c) * (1.0 - 0.2 * 0.9 * ALIGN_SIZE / r)).astype(np.int32)], 1)
+        for loop, grow in ((EYE_LEFT, 1.8), (EYE_RIGHT, 1.8), (LIPS_OUTER, 1.5)):
+            p = self.ref[list(loop)]
+            c = p.mean(0)
+            cv2.fillPoly(region, [np.round(c + (p - c) * grow).astype(np.int32)], 0)
+        self.region = region.astype(bool)
+        self._crop = np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)
+        self._ones = np.ones((ALIGN_SIZE, ALIGN_SIZE), np.float32)
+
+    @staticmethod
+    def _bandpass(bgr: np.ndarray) -> np.ndarray:
+        """Lightness minus its blur (sigma 10 px at 128): the face's features, not the room's light."""
+        lum = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)[..., 0]
+        return lum - cv2.GaussianBlur(lum, (0, 0), 10.0)
+
+    def __call__(self, image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+        lm2 = np.asarray(lm, np.float64)[:, :2]
+        from .faceswap import _signed_area
+
+        tris = self.tris[_signed_area(lm2[self.tris]) > 0]
+        self._crop[:] = 0
+        self._tk.texmap_numba(self._crop, np.ascontiguousarray(image), lm2, self.ref, tris, self._ones,
+                              (0, 0, ALIGN_SIZE, ALIGN_SIZE), self._crop)
+        return self._bandpass(self._crop)
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """1 - zero-mean normalised cross-correlation of two normalised faces inside ``region``: 0 = the
+        same features, about 1 = unrelated. Insensitive to brightness, contrast and the global colour a
+        face swap deliberately matches to the live lighting."""
+        x = a[self.region].astype(np.float64)
+        y = b[self.region].astype(np.float64)
+        x -= x.mean()
+        y -= y.mean()
+        den = math.sqrt(float((x * x).sum() * (y * y).sum()))
+        return 1.0 - float((x * y).sum() / den) if den > 1e-9 else float("nan")
+
+
+class Identity(Measure):
+    """Identity moved: the output face and the original (driver) face are each put into the avatar's
+    geometry (``FaceNormaliser``: mesh-mapped from their own re-detected landmarks, band-passed
+    lightness) and compared with the avatar: ``id_to_avatar`` = distance(output, avatar),
+    ``id_to_original`` = distance(output, original), ``id_margin`` = to-original - to-avatar (> 0:
+    the output looks more like the avatar than like the streamer). Every other frame."""
+
+    name = "identity"
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.to_avatar: list[float] = []
+        self.to_original: list[float] = []
+        self.norm = None
+        if run.avatar_image is not None and run.avatar_landmarks is not None:
+            self.norm = FaceNormaliser(run.avatar_image, run.avatar_landmarks)
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        if self.norm is None or driver_lm is None or output_lm is None or i % 2:
+            return
+        o = self.norm(output, output_lm)
+        self.to_avatar.append(self.norm.distance(o, self.norm.avatar))
+        self.to_original.append(self.norm.distance(o, self.norm(driver, driver_lm)))
+
+    def finish(self) -> dict[str, float]:
+        da = float(np.nanmean(self.to_avatar)) if self.to_avatar else float("nan")
+        do = float(np.nanmean(self.to_original)) if self.to_original else float("nan")
+        return {"id_to_avatar": da, "id_to_original": do, "id_margin": do - da}
+
+
+class Flicker(Measure):
+    """No flicker: mean absolute frame-to-frame difference inside the face region (the driver's face
+    outline at frame t, ``face_metrics.face_region``) of the output over that of the input, summed
+    over consecutive frames where the driver has a face."""
+
+    name = "flicker"
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.prev: tuple[np.ndarray, np.ndarray] | None = None
+        self.d_in = self.d_out = 0.0
+        self.n = 0
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        if driver_lm is not None and self.prev is not None and driver.shape == output.shape:
+            m = fmx.face_region(driver_lm, driver.shape[:2])
+            self.d_in += float(cv2.absdiff(driver, self.prev[0])[m].mean())
+            self.d_out += float(cv2.absdiff(output, self.prev[1])[m].mean())
+            self.n += 1
+        self.prev = (driver.copy(), output.copy())
+
+    def finish(self) -> dict[str, float]:
+        return {"flicker_input": self.d_in / max(self.n, 1), "flicker_output": self.d_out / max(self.n, 1),
+                "flicker_ratio": self.d_out / self.d_in if self.d_in > 0 else float("nan")}
+
+
+def _grad_mag(img: np.ndarray) -> np.ndarray:
+    g = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    return cv2.magnitude(gx, gy)
+
+
+def outline_curves(lm: np.ndarray, insets: tuple[float, ...]) -> list[np.ndarray]:
+    """The face outline (FACE_OVAL) pulled towards its centroid by each inset (fraction of the face
+    width), in 3D when the landmarks have z (as the face swap's mask is), seen from the camera:
+    closed polylines (N, 2) float32 in pixels."""
+    oval = np.asarray(lm, np.float64)[list(fmx.FACE_OVAL)]
+    c = oval.mean(0)
+    r = np.linalg.norm(oval - c, axis=1, keepdims=True)
+    fw = float(np.ptp(oval[:, 0]))
+    return [(c + (oval - c) * np.clip(1.0 - f * fw / np.maximum(r, 1e-6), 0.0, 1.0))[:, :2].astype(np.float32)
+            for f in insets]
+
+
+class EdgeVisibility(Measure):
+    """No visible edge: mean gradient magnitude of the output along the swap mask's boundary curves
+    over that of the input along the same curves (1 = no edge added). ``insets`` gives the curves as
+    face-outline insets (fractions of the face width): where the mask starts, its middle and where
+    it reaches full opacity."""
+
+    name = "edge"
+    insets: tuple[float, ...] = (0.04, 0.10, 0.16)
+
+    def start(self, run: RunInfo) -> None:
+        super().start(run)
+        self.g_in = self.g_out = 0.0
+
+    def frame(self, i, driver, output, driver_lm, output_lm) -> None:
+        if driver_lm is None or driver.shape != output.shape or i % 2:
+            return
+        line = np.zeros(driver.shape[:2], np.uint8)
+        cv2.polylines(line, [np.round(c).astype(np.int32) for c in outline_curves(driver_lm, self.insets)], True, 1)
+        m = line.astype(bool)
+        if not m.any():
+            return
+        self.g_in += float(_grad_mag(driver)[m].mean())
+        self.g_out += float(_grad_mag(output)[m].mean())
+
+    def finish(self) -> dict[str, float]:
+        return {"edge_input": self.g_in, "edge_output": self.g_out,
+                "edge_ratio": self.g_out / self.g_in if self.g_in > 0 else float("nan")}
+
+
 @dataclass(frozen=True)
 class Target:
     """A figure's goal: ``over`` says how runs combine ('mean' or 'min'/'max' over runs of ``kind``)."""
@@ -192,7 +364,7 @@ class Target:
     kind: str  # 'cross' or 'self'
     figure: str
     over: str  # 'mean', 'min', 'max'
-    op: str  # '>=' or '<='
+    op: str  # '>=', '<=', '>' or '<'
     value: float
     text: str
 
@@ -202,7 +374,7 @@ class Target:
         if not vals:
             return float("nan"), None
         got = {"mean": np.mean, "min": np.min, "max": np.max}[self.over](vals)
-        ok = got >= self.value if self.op == ">=" else got <= self.value
+        ok = {">=": got >= self.value, "<=": got <= self.value, ">": got > self.value, "<": got < self.value}[self.op]
         return float(got), bool(ok)
 
 
@@ -365,8 +537,8 @@ class Evaluator:
 
         name = label or (avatar.name if avatar else "-")
         rec: dict[str, Any] = {"kind": kind, "clip": clip.name, "avatar": name}
-        preset = with_avatar(self.preset, avatar) if avatar is not None and (kind == "self" or uses_avatar(self.preset)) \
-            else self.preset
+        # an avatar given for the run replaces the preset's (a bare --pipeline has none of its own)
+        preset = with_avatar(self.preset, avatar) if avatar is not None else self.preset
         src = VideoSource(clip)
         src.open()
         engine = None

@@ -1,0 +1,330 @@
+"""Texture mapping through a triangle mesh, blended into a frame region with a soft mask.
+
+A texture image ``tex`` (any size) carries a mesh: ``tex_pts`` (N, 2) vertex positions in texture
+pixels; the same vertices sit at ``dst_pts`` (N, 2) in the frame, and ``tris`` (T, 3) int32 lists the
+triangles **in drawing priority order** (the first triangle covering a pixel wins: sort nearest
+first for a depth order). Inside the region ``(x0, y0, x1, y1)`` (x1, y1 exclusive) of the frame:
+
+    owner = the first triangle containing the pixel centre (-1: none)
+    out = src * (1 - a) + tex(bilinear at the mapped point) * a     where owner >= 0 and a > 0
+    out = src                                                      elsewhere in the region
+
+with ``a = alpha[y - y0, x - x0]`` ((y1 - y0, x1 - x0) float32 in [0, 1]). Pixels outside the region
+are not touched; ``src`` may be ``out`` (in place). Unlike ``warp`` (same-size source and output),
+the texture here is a small precomputed image, so the whole swap reads only the region of the frame.
+
+Per frame, ``mesh_affines`` (numpy, microseconds) gives every triangle's pixel -> barycentric map
+and pixel -> texture map; ``raster_owner`` writes the owner map (serial: a face region is small and
+the triangles' boxes add up to about twice its area) and ``blend`` does the per-pixel work
+(``prange`` over rows). The numpy reference and the torch version use the same float64 maths: the
+three agree to within 1 grey level.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from . import JIT, check_frame
+
+EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
+
+
+def mesh_affines(tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per triangle: ``bary`` (T, 2, 3) with (l1, l2) = bary @ (x, y, 1) in frame pixels; ``tmap``
+    (T, 2, 3) with (tex x, tex y) = tmap @ (x, y, 1); ``ok`` (T,) False for degenerate triangles."""
+    dp = np.asarray(dst_pts, np.float64)[:, :2]
+    sp = np.asarray(tex_pts, np.float64)[:, :2]
+    tr = np.asarray(tris, np.int64)
+    p0, p1, p2 = dp[tr[:, 0]], dp[tr[:, 1]], dp[tr[:, 2]]
+    e1, e2 = p1 - p0, p2 - p0
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = np.abs(det) > 1e-9
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    bary = np.empty((len(tr), 2, 3), np.float64)
+    bary[:, 0, 0] = e2[:, 1] * inv
+    bary[:, 0, 1] = -e2[:, 0] * inv
+    bary[:, 1, 0] = -e1[:, 1] * inv
+    bary[:, 1, 1] = e1[:, 0] * inv
+    bary[:, 0, 2] = -(bary[:, 0, 0] * p0[:, 0] + bary[:, 0, 1] * p0[:, 1])
+    bary[:, 1, 2] = -(bary[:, 1, 0] * p0[:, 0] + bary[:, 1, 1] * p0[:, 1])
+    s0, s1, s2 = sp[tr[:, 0]], sp[tr[:, 1]], sp[tr[:, 2]]
+    # tex = s0 + l1 (s1 - s0) + l2 (s2 - s0), with l1, l2 affine in (x, y)
+    d1, d2 = s1 - s0, s2 - s0
+    tmap = np.empty((len(tr), 2, 3), np.float64)
+    for k in range(2):
+        tmap[:, k, :] = d1[:, k, None] * bary[:, 0, :] + d2[:, k, None] * bary[:, 1, :]
+        tmap[:, k, 2] += s0[:, k]
+    return bary, tmap, ok
+
+
+@nb.njit(cache=True, nogil=True)
+def _raster_owner(dst_pts, tris, bary, ok, x0, y0, x1, y1, owner):
+    owner[:, :] = -1
+    for t in range(tris.shape[0]):
+        if not ok[t]:
+            continue
+        i0, i1, i2 = tris[t, 0], tris[t, 1], tris[t, 2]
+        xa = min(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
+        xb = max(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
+        ya = min(dst_pts[i0, 1], dst_pts[i1, 1], dst_pts[i2, 1])
+        yb = max(dst_pts[i0, 1], dst_pts[i1, 1], dst_pts[i2, 1])
+        xs = max(int(np.ceil(xa - 1e-6)), x0)
+        xe = min(int(np.floor(xb + 1e-6)), x1 - 1)
+        ys = max(int(np.ceil(ya - 1e-6)), y0)
+        ye = min(int(np.floor(yb + 1e-6)), y1 - 1)
+        m00, m01, m02 = bary[t, 0, 0], bary[t, 0, 1], bary[t, 0, 2]
+        m10, m11, m12 = bary[t, 1, 0], bary[t, 1, 1], bary[t, 1, 2]
+        for y in range(ys, ye + 1):
+            fy = np.float64(y)
+            for x in range(xs, xe + 1):
+                if owner[y - y0, x - x0] >= 0:
+                    continue
+                fx = np.float64(x)
+                l1 = m00 * fx + m01 * fy + m02
+                l2 = m10 * fx + m11 * fy + m12
+                if l1 < -EPS or l2 < -EPS or 1.0 - l1 - l2 < -EPS:
+                    continue
+                owner[y - y0, x - x0] = t
+
+
+@nb.njit(**JIT)
+def _blend(src, tex, owner, tmap, alpha, offset, has_offset, x0, y0, out):
+    rh, rw = owner.shape[0], owner.shape[1]
+    th, tw = tex.shape[0], tex.shape[1]
+    for r in nb.prange(rh):
+        y = y0 + r
+        fy = np.float64(y)
+        for c in range(rw):
+            x = x0 + c
+            t = owner[r, c]
+            a = np.float64(alpha[r, c])
+            if t < 0 or a <= 0.0:
+                for k in range(3):
+                    out[y, x, k] = src[y, x, k]
+                continue
+            fx = np.float64(x)
+            sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
+            sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
+            sx = min(max(sx, 0.0), tw - 1.0)
+            sy = min(max(sy, 0.0), th - 1.0)
+            ix = min(int(sx), tw - 2) if tw > 1 else 0
+            iy = min(int(sy), th - 2) if th > 1 else 0
+            ax = sx - ix
+            ay = sy - iy
+            jx = min(ix + 1, tw - 1)
+            jy = min(iy + 1, th - 1)
+            if a > 1.0:
+                a = 1.0
+            for k in range(3):
+                v = ((1.0 - ax) * (1.0 - ay) * np.float64(tex[iy, ix, k]) + ax * (1.0 - ay) * np.float64(tex[iy, jx, k])
+                     + (1.0 - ax) * ay * np.float64(tex[jy, ix, k]) + ax * ay * np.float64(tex[jy, jx, k]))
+                if has_offset:
+                    v = min(max(v + np.float64(offset[r, c, k]), 0.0), 255.0)
+                o = np.float64(src[y, x, k]) * (1.0 - a) + v * a
+                out[y, x, k] = np.uint8(min(max(o + 0.5, 0.0), 255.0))
+
+
+class TexMap:
+    """Reusable per-call state: the owner map buffer, grown only when a region is larger than any
+    before (steady state allocates nothing)."""
+
+    def __init__(self, capacity: int = 256 * 256):
+        self._owner = np.empty(capacity, np.int32)
+        self.owner = self._owner[:0].reshape(0, 0)
+
+    def owner_view(self, rh: int, rw: int) -> np.ndarray:
+        if rh * rw > self._owner.size:
+            self._owner = np.empty(int(rh * rw * 1.5), np.int32)
+        self.owner = self._owner[: rh * rw].reshape(rh, rw)
+        return self.owner
+
+
+def _region(region, shape) -> tuple[int, int, int, int]:
+    h, w = shape
+    x0, y0, x1, y1 = (int(v) for v in region)
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+_NO_OFFSET = np.zeros((1, 1, 3), np.float32)
+
+
+def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray,
+                 alpha: np.ndarray, region, out: np.ndarray, state: TexMap | None = None,
+                 offset: np.ndarray | None = None) -> np.ndarray:
+    """Map ``tex`` through the mesh into ``out`` inside ``region``, blended over ``src`` with ``alpha``
+    (shape of the region after clipping to the frame). ``src`` may be ``out``. ``offset`` (region
+    shape, 3) float32, when given, is added to the texture colour before the blend (clamped to
+    0..255): a low-frequency lighting correction."""
+    check_frame(src, "src")
+    check_frame(out, "out")
+    check_frame(tex, "tex")
+    if src.shape != out.shape:
+        raise ValueError(f"src/out: shapes differ: {src.shape} vs {out.shape}")
+    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    if x1 <= x0 or y1 <= y0:
+        return out
+    if alpha.shape != (y1 - y0, x1 - x0) or alpha.dtype != np.float32:
+        raise ValueError(f"alpha: expected ({y1 - y0}, {x1 - x0}) float32, got {alpha.shape} {alpha.dtype}")
+    state = state or TexMap()
+    dp = np.ascontiguousarray(np.asarray(dst_pts)[:, :2], np.float64)
+    tr = np.ascontiguousarray(tris, np.int32)
+    bary, tmap, ok = mesh_affines(tex_pts, dp, tr)
+    owner = state.owner_view(y1 - y0, x1 - x0)
+    _raster_owner(dp, tr, bary, ok, x0, y0, x1, y1, owner)
+    if offset is not None and offset.shape != (y1 - y0, x1 - x0, 3):
+        raise ValueError(f"offset: expected ({y1 - y0}, {x1 - x0}, 3), got {offset.shape}")
+    off = _NO_OFFSET if offset is None else np.asarray(offset, np.float32)
+    _blend(src, tex, owner, tmap, alpha, off, offset is not None, x0, y0, out)
+    return out
+
+
+def _bilinear_np(tex: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    th, tw = tex.shape[:2]
+    sx = np.clip(sx, 0.0, tw - 1.0)
+    sy = np.clip(sy, 0.0, th - 1.0)
+    ix = np.minimum(sx.astype(np.int64), max(tw - 2, 0))
+    iy = np.minimum(sy.astype(np.int64), max(th - 2, 0))
+    ax = (sx - ix)[:, None]
+    ay = (sy - iy)[:, None]
+    jx = np.minimum(ix + 1, tw - 1)
+    jy = np.minimum(iy + 1, th - 1)
+    s = tex.astype(np.float64)
+    return ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
+            + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+
+
+def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
+    """numpy reference of the owner map: triangle by triangle over its box, first triangle wins."""
+    x0, y0, x1, y1 = _region(region, shape)
+    dp = np.asarray(dst_pts, np.float64)[:, :2]
+    tr = np.asarray(tris, np.int64)
+    bary, _, ok = mesh_affines(dp, dp, tr)
+    owner = np.full((y1 - y0, x1 - x0), -1, np.int32)
+    for t in range(len(tr)):
+        if not ok[t]:
+            continue
+        pts = dp[tr[t]]
+        xa = max(int(np.ceil(pts[:, 0].min() - 1e-6)), x0)
+        xb = min(int(np.floor(pts[:, 0].max() + 1e-6)), x1 - 1)
+        ya = max(int(np.ceil(pts[:, 1].min() - 1e-6)), y0)
+        yb = min(int(np.floor(pts[:, 1].max() + 1e-6)), y1 - 1)
+        if xa > xb or ya > yb:
+            continue
+        yy, xx = np.mgrid[ya:yb + 1, xa:xb + 1]
+        fx, fy = xx.astype(np.float64), yy.astype(np.float64)
+        m = bary[t]
+        l1 = m[0, 0] * fx + m[0, 1] * fy + m[0, 2]
+        l2 = m[1, 0] * fx + m[1, 1] * fy + m[1, 2]
+        inside = (l1 >= -EPS) & (l2 >= -EPS) & (1.0 - l1 - l2 >= -EPS)
+        view = owner[ya - y0:yb - y0 + 1, xa - x0:xb - x0 + 1]
+        view[inside & (view < 0)] = t
+    return owner
+
+
+def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None) -> np.ndarray:
+    """numpy reference of ``texmap_numba`` (same maths, float64)."""
+    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    if x1 <= x0 or y1 <= y0:
+        return out
+    owner = owner_ref(dst_pts, tris, region, src.shape[:2])
+    _, tmap, _ = mesh_affines(tex_pts, dst_pts, tris)
+    s = src[y0:y1, x0:x1].astype(np.float64)
+    res = s.copy()
+    a = np.minimum(alpha.astype(np.float64), 1.0)
+    yy, xx = np.nonzero((owner >= 0) & (a > 0))
+    t = owner[yy, xx]
+    fx, fy = (xx + x0).astype(np.float64), (yy + y0).astype(np.float64)
+    sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
+    sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
+    v = _bilinear_np(tex, sx, sy)
+    if offset is not None:
+        v = np.clip(v + offset[yy, xx].astype(np.float64), 0.0, 255.0)
+    aa = a[yy, xx][:, None]
+    res[yy, xx] = s[yy, xx] * (1.0 - aa) + v * aa
+    out[y0:y1, x0:x1] = np.where((owner >= 0)[..., None] & (a > 0)[..., None],
+                                 np.clip(res + 0.5, 0.0, 255.0).astype(np.uint8), src[y0:y1, x0:x1])
+    return out
+
+
+def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chunk: int = 128, offset=None):
+    """torch version (any device): ``src``/``out`` (H, W, 3) uint8 tensors, ``tex`` (th, tw, 3) uint8
+    tensor, ``alpha`` region-sized float32 tensor; points and triangles as numpy. Triangles are
+    rasterised in chunks; each pixel keeps its lowest covering triangle index (scatter_reduce amin),
+    then one gather does the bilinear sample and the blend."""
+    import torch
+
+    dev = src.device
+    h, w = src.shape[0], src.shape[1]
+    x0, y0, x1, y1 = _region(region, (h, w))
+    res = src.clone() if out is None else out
+    if out is not None and out.data_ptr() != src.data_ptr():
+        res[y0:y1, x0:x1] = src[y0:y1, x0:x1]
+    if x1 <= x0 or y1 <= y0:
+        return res
+    dp = np.asarray(dst_pts, np.float64)[:, :2]
+    tr = np.asarray(tris, np.int64)
+    bary_np, tmap_np, ok = mesh_affines(tex_pts, dp, tr)
+    pts = dp[tr]
+    bx0 = np.maximum(np.ceil(pts[..., 0].min(1) - 1e-6), x0).astype(np.int64)
+    bx1 = np.minimum(np.floor(pts[..., 0].max(1) + 1e-6), x1 - 1).astype(np.int64)
+    by0 = np.maximum(np.ceil(pts[..., 1].min(1) - 1e-6), y0).astype(np.int64)
+    by1 = np.minimum(np.floor(pts[..., 1].max(1) + 1e-6), y1 - 1).astype(np.int64)
+    idx = np.nonzero(ok & (bx1 >= bx0) & (by1 >= by0))[0]
+    order = idx[np.argsort(((bx1 - bx0 + 1) * (by1 - by0 + 1))[idx], kind="stable")]
+    rw, rh = x1 - x0, y1 - y0
+    big = np.iinfo(np.int64).max
+    owner = torch.full((rh * rw,), big, dtype=torch.int64, device=dev)
+    bary = torch.as_tensor(bary_np, dtype=torch.float64, device=dev)
+    for c0 in range(0, len(order), chunk):
+        ts = order[c0:c0 + chunk]
+        cw = int((bx1 - bx0 + 1)[ts].max())
+        ch = int((by1 - by0 + 1)[ts].max())
+        tt = torch.as_tensor(ts, device=dev)
+        ox = (torch.as_tensor(bx0[ts], device=dev)[:, None, None] + torch.arange(cw, device=dev)[None, None, :]).expand(len(ts), ch, cw)
+        oy = (torch.as_tensor(by0[ts], device=dev)[:, None, None] + torch.arange(ch, device=dev)[None, :, None]).expand(len(ts), ch, cw)
+        valid = (ox <= torch.as_tensor(bx1[ts], device=dev)[:, None, None]) & \
+                (oy <= torch.as_tensor(by1[ts], device=dev)[:, None, None])
+        m = bary[tt]
+        fx, fy = ox.double(), oy.double()
+        l1 = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]
+        l2 = m[:, 1, 0, None, None] * fx + m[:, 1, 1, None, None] * fy + m[:, 1, 2, None, None]
+        inside = valid & (l1 >= -EPS) & (l2 >= -EPS) & (1.0 - l1 - l2 >= -EPS)
+        flat = ((oy - y0) * rw + (ox - x0))[inside]
+        tid = tt[:, None, None].expand(len(ts), ch, cw)[inside]
+        owner.scatter_reduce_(0, flat, tid, reduce="amin")
+    a_flat = alpha.reshape(-1).to(dev).double().clamp(max=1.0)
+    pix = torch.nonzero((owner != big) & (a_flat > 0)).squeeze(1)
+    if pix.numel() == 0:
+        return res
+    t = owner[pix]
+    px = (pix % rw + x0).double()
+    py = (pix // rw + y0).double()
+    tm = torch.as_tensor(tmap_np, dtype=torch.float64, device=dev)[t]
+    th, tw = tex.shape[0], tex.shape[1]
+    sx = (tm[:, 0, 0] * px + tm[:, 0, 1] * py + tm[:, 0, 2]).clamp(0.0, tw - 1.0)
+    sy = (tm[:, 1, 0] * px + tm[:, 1, 1] * py + tm[:, 1, 2]).clamp(0.0, th - 1.0)
+    ix = sx.long().clamp(max=max(tw - 2, 0))
+    iy = sy.long().clamp(max=max(th - 2, 0))
+    ax = (sx - ix)[:, None]
+    ay = (sy - iy)[:, None]
+    jx = (ix + 1).clamp(max=tw - 1)
+    jy = (iy + 1).clamp(max=th - 1)
+    s = tex.double()
+    v = ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
+         + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+    if offset is not None:
+        v = (v + offset.to(dev).reshape(-1, 3)[pix].double()).clamp(0.0, 255.0)
+    oyi = pix // rw + y0
+    oxi = pix % rw + x0
+    a = a_flat[pix][:, None]
+    o = src[oyi, oxi].double() * (1.0 - a) + v * a
+    res[oyi, oxi] = (o + 0.5).clamp(0.0, 255.0).to(torch.uint8)
+    return res
+
+
+def warmup() -> None:
+    src = np.zeros((8, 8, 3), np.uint8)
+    pts = np.array([[0, 0], [7, 0], [0, 7], [7, 7]], np.float64)
+    tris = np.array([[0, 1, 2], [1, 3, 2]], np.int32)
+    texmap_numba(src, src, pts, pts, tris, np.ones((8, 8), np.float32), (0, 0, 8, 8), src.copy())

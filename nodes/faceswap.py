@@ -1,0 +1,726 @@
+"""Live face swap: the avatar's face on the streamer, following every expression. Exports: FaceSwap
+(the ``faceswap`` node), prepare_shot, face_triangles, SwapMask.
+
+Per chosen face, per frame, working only inside the face's box:
+  1. the avatar shot nearest the live head pose (yaw, pitch) is picked (few-shot avatars);
+  2. its texture (a crop of the avatar image with its 478 mediapipe landmarks, prepared once in
+     ``open()`` and cached by content) is recoloured so its skin has the live face's LAB mean and
+     spread (robust statistics inside the skin region, smoothed over time);
+  3. a soft mask is built at low resolution: the face outline (FACE_OVAL) pulled inwards (``erode``)
+     and feathered, minus the eyes and the mouth opening (and, with ``mouth_mask``, the lips while
+     the mouth is open), minus pixels that do not look like the live skin (``occlusion``: a hand or a
+     microphone in front of the face), times a weight that fades as the head turns past
+     ``yaw_limit`` / ``pitch_limit``, as the face gets tiny, or as the tracker eases a lost face out;
+  4. the texture is mapped through mediapipe's dense face mesh (852 triangles, nearest first,
+     back-facing ones skipped) onto the live landmarks and blended (``engine.kernels.texmap``: numba
+     on the CPU, torch on CUDA); ``blend: seamless`` (default) adds a gradient-domain step: the
+     live shading along the mask's edge spread over the face as a smooth membrane.
+
+The mesh has no triangles over the eye openings or between the lips, so the streamer's own eyes and
+mouth interior always show through: avatar lips are never stretched over an open mouth.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine import bench
+from engine.cache import cached
+from engine.errors import UserError, Where
+from engine.kernels import texmap as tk
+from engine.node import Node, register
+from engine.params import Param, Port, PortType
+
+from . import face_metrics as fmx
+
+log = logging.getLogger("avatarcast.faceswap")
+
+# ---- mediapipe face-mesh loops (ordered contours) ------------------------------------------------------
+EYE_RIGHT = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
+EYE_LEFT = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
+LIPS_INNER = (78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308, 324, 318, 402, 317, 14, 87, 178, 88, 95)
+LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
+# eye + brow band per side (brow top edge, then the lower lid): excluded from skin statistics and the
+# occlusion test (brows, lashes and eyes are not skin-coloured but are no occluder)
+BAND_RIGHT = (70, 63, 105, 66, 107, 55, 193, 133, 155, 154, 153, 145, 144, 163, 7, 33, 130)
+BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 390, 249, 263, 359)
+
+TEXTURE_VERSION = "6"
+MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
+DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
+BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
+
+
+@lru_cache(maxsize=1)
+def face_triangles() -> np.ndarray:
+    """mediapipe's FACEMESH_TESSELATION as (852, 3) int32 triangles, each ordered counter-clockwise
+    on screen for a face looking at the camera (image y down: positive signed area = front-facing).
+    The tesselation is a set of edges; its triangles are its 3-cycles, less the spurious ones."""
+    from mediapipe.python.solutions.face_mesh_connections import FACEMESH_TESSELATION
+
+    from .face_model import canonical
+
+    pts = canonical()[0][:468, :2]
+    nbrs: list[set[int]] = [set() for _ in range(468)]
+    for a, b in FACEMESH_TESSELATION:
+        nbrs[a].add(b)
+        nbrs[b].add(a)
+    tris = sorted({(a, b, c) for a in range(468) for b in nbrs[a] if b > a for c in nbrs[a] & nbrs[b] if c > b})
+    # a 3-cycle that is no face of the mesh: its edges also border two real triangles, and it has a
+    # vertex inside it (two such in mediapipe 0.10's tesselation)
+    uses: dict[tuple[int, int], int] = {}
+    for a, b, c in tris:
+        for e in ((a, b), (b, c), (a, c)):
+            uses[e] = uses.get(e, 0) + 1
+    out = []
+    for t in tris:
+        p = pts[list(t)]
+        a, b, c = t
+        if sum(uses[e] > 2 for e in ((a, b), (b, c), (a, c))) >= 2:
+            q = np.delete(pts, list(t), axis=0)
+            d = [(p[(i + 1) % 3, 0] - p[i, 0]) * (q[:, 1] - p[i, 1]) - (p[(i + 1) % 3, 1] - p[i, 1]) * (q[:, 0] - p[i, 0])
+                 for i in range(3)]
+            if (((d[0] > 0) & (d[1] > 0) & (d[2] > 0)) | ((d[0] < 0) & (d[1] < 0) & (d[2] < 0))).any():
+                continue
+        out.append(t if _signed_area(p[None])[0] > 0 else (t[0], t[2], t[1]))
+    return np.array(out, np.int32)
+
+
+def _signed_area(p: np.ndarray) -> np.ndarray:
+    """(T, 3, 2) triangles -> (T,) twice the signed area (positive: counter-clockwise with y down)."""
+    e1 = p[:, 1] - p[:, 0]
+    e2 = p[:, 2] - p[:, 0]
+    return e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+
+
+def smoothstep(x):
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+# ---- masks ---------------------------------------------------------------------------------------------
+
+def _shrink(poly: np.ndarray, dist: float) -> np.ndarray:
+    """Pull a closed outline (N, 2|3) towards its centroid by about ``dist`` pixels; returns (N, 2).
+    With z (pixels, as the face node gives), the pull is in 3D and then seen from the camera: on a
+    turned head the far side's edge moves less on screen, as the face surface is foreshortened there,
+    so the edge stays on the cheek instead of cutting through the nose and the eye."""
+    c = poly.mean(0)
+    r = np.linalg.norm(poly - c, axis=1, keepdims=True)
+    return (c + (poly - c) * np.clip(1.0 - dist / np.maximum(r, 1e-6), 0.0, 1.0))[:, :2]
+
+
+def skin_region(lm2: np.ndarray, shape: tuple[int, int], face_w: float) -> np.ndarray:
+    """(H, W) uint8 0/1: the face outline pulled in by 8% of the face width, without the eye-and-brow
+    bands, the lips and the nostrils' shadow line: where the skin's colour statistics are taken."""
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round(_shrink(lm2[list(fmx.FACE_OVAL)], 0.08 * face_w)).astype(np.int32)], 1)
+    for loop, grow in ((BAND_RIGHT, 1.15), (BAND_LEFT, 1.15), (LIPS_OUTER, 1.2)):
+        p = lm2[list(loop)]
+        c = p.mean(0)
+        cv2.fillPoly(m, [np.round(c + (p - c) * grow).astype(np.int32)], 0)
+    return m
+
+
+def detail(bgr: np.ndarray, region: np.ndarray, face_w: float) -> float:
+    """How much fine detail a face shows: mean absolute Laplacian of the lightness inside ``region``
+    after scaling the image so the face is ``DETAIL_WIDTH`` pixels wide."""
+    s = DETAIL_WIDTH / max(face_w, 1.0)
+    if abs(s - 1.0) > 0.05:
+        size = (max(4, round(bgr.shape[1] * s)), max(4, round(bgr.shape[0] * s)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+        region = cv2.resize(region.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    g = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+    lap = np.abs(cv2.Laplacian(g, cv2.CV_16S, ksize=3))
+    m = region.astype(bool)
+    return float(lap[m].mean()) if m.any() else 0.0
+
+
+def lab_stats(bgr: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Robust LAB statistics of the pixels where ``region`` is set: (2, 3) float32 rows median and
+    spread (1.4826 x MAD, at least 1), in OpenCV's float LAB (L 0..100, a and b about -128..127)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    px = lab[region.astype(bool)]
+    if len(px) < 16:
+        px = lab.reshape(-1, 3)
+    med = np.median(px, axis=0)
+    mad = np.median(np.abs(px - med), axis=0) * 1.4826
+    return np.stack([med, np.maximum(mad, 1.0)]).astype(np.float32)
+
+
+# ---- avatar preparation ----------------------------------------------------------------------------------
+
+def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, np.ndarray]:
+    """One avatar image -> its texture: a crop around the face scaled so the face is ``face_px`` wide,
+    the 478 landmarks in texture pixels, pose, which triangles the shot shows (front-facing), the
+    texture in float LAB and the skin's LAB statistics. Raises UserError naming an image with no face."""
+    from .face import detect_landmarks, make_face
+
+    found = detect_landmarks(image)
+    if not found:
+        raise UserError(f"no face found in the avatar image {name}", Where(name),
+                        "face swap needs a clearly visible human face in every avatar image (a photo or "
+                        "painting, facing the camera, not too small)")
+    lm = found[0].astype(np.float64)
+    face = make_face(lm.astype(np.float32), image.shape[:2])
+    oval = lm[list(fmx.FACE_OVAL), :2]
+    fw = max(float(np.ptp(oval[:, 0])), 1.0)
+    x0, y0 = oval.min(0) - 0.08 * fw
+    x1, y1 = oval.max(0) + 0.08 * fw
+    s = face_px / fw
+    tw, th = max(8, int(round((x1 - x0) * s))), max(8, int(round((y1 - y0) * s)))
+    m = np.array([[s, 0, -x0 * s], [0, s, -y0 * s]], np.float64)
+    tex = cv2.warpAffine(image, m, (tw, th), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC,
+                         borderMode=cv2.BORDER_REPLICATE)
+    tl = lm.copy()
+    tl[:, :2] = lm[:, :2] @ m[:, :2].T + m[:, 2]
+    tl[:, 2] *= s
+    # a triangle the shot shows foreshortened (the far cheek of a three-quarter view) takes its pixels
+    # from its mirror twin on the near side instead: faces are near enough symmetric, stretching is not
+    from .face_model import canonical
+
+    tris = face_triangles()
+    mirror = canonical()[1]
+    vis = np.maximum(_signed_area(tl[tris][:, :, :2]), 0.0)
+    vis_m = np.maximum(-_signed_area(tl[mirror[tris]][:, :, :2]), 0.0)  # a mirror image turns clockwise
+    use_mirror = vis < 0.05 * vis_m
+    shown = (vis > 0) | use_mirror
+    region = skin_region(tl[:, :2], tex.shape[:2], face_px)
+    stats = lab_stats(tex, region)
+    tex = clean_border(tex, tl[:, :2], stats, face_px)
+    return {"texture": tex, "landmarks": tl.astype(np.float32), "pose": np.array([face.yaw, face.pitch], np.float32),
+            "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32),
+            "lab": cv2.cvtColor(tex.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB), "stats": stats}
+
+
+def clean_border(tex: np.ndarray, lm2: np.ndarray, stats: np.ndarray, face_w: float) -> np.ndarray:
+    """The avatar's hair, veil or deep shadow reaching inside its face outline near the edge would show
+    as a dark band along the swapped face's edge: pixels of the outer 20% band of the outline that are
+    far from the avatar's skin colour (same test as ``occlusion``) are inpainted from the skin around."""
+    oval = lm2[list(fmx.FACE_OVAL)]
+    band = np.zeros(tex.shape[:2], np.uint8)
+    cv2.fillPoly(band, [np.round(oval).astype(np.int32)], 1)
+    cv2.fillPoly(band, [np.round(_shrink(oval, 0.2 * face_w)).astype(np.int32)], 0)
+    bad = (occlusion_distance(tex, stats) > 3.0) & band.astype(bool)
+    if not bad.any():
+        return tex
+    bad = cv2.dilate(bad.astype(np.uint8), np.ones((5, 5), np.uint8))
+    return cv2.inpaint(tex, bad, max(3.0, 0.02 * face_w), cv2.INPAINT_TELEA)
+
+
+def occlusion_distance(bgr: np.ndarray, skin: np.ndarray) -> np.ndarray:
+    """Per pixel: distance in LAB from the skin median in units of the skin spread, lightness at half
+    weight (shading is not a different material)."""
+    lab = cv2.cvtColor(bgr.astype(np.float32) * np.float32(1.0 / 255.0), cv2.COLOR_BGR2LAB)
+    z = (lab - skin[0]) / skin[1]
+    z[..., 0] *= 0.5
+    return np.sqrt((z * z).sum(-1))
+
+
+@dataclass
+class Shot:
+    name: str
+    texture: np.ndarray  # (th, tw, 3) uint8 BGR
+    landmarks: np.ndarray  # (478, 3) float32 texture pixels
+    pose: np.ndarray  # (yaw, pitch) degrees
+    shown: np.ndarray  # (852,) bool: triangles this shot can texture (itself or its mirror twin)
+    use_mirror: np.ndarray  # (852,) bool: triangles textured from their mirror twin
+    mirror: np.ndarray  # (478,) int32: each landmark's left-right twin
+    lab: np.ndarray  # (th, tw, 3) float32 LAB of the texture
+    stats: np.ndarray  # (2, 3) skin LAB median / spread
+    recoloured: np.ndarray = field(init=False)
+    _tmp: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        n = len(self.landmarks)
+        # texture points: the landmarks, then each landmark's mirror twin (indices + n)
+        self.tex_pts = np.ascontiguousarray(np.vstack([self.landmarks[:, :2], self.landmarks[self.mirror, :2]]),
+                                            np.float64)
+        self.tri_offset = np.where(self.use_mirror, n, 0).astype(np.int32)
+        self.recoloured = self.texture.copy()
+        self._tmp = np.empty(self.lab.shape, np.float32)
+        self._bgr = np.empty(self.lab.shape, np.float32)
+        self._key: np.ndarray | None = None
+        # softened copies of the texture (a blurry webcam must not get a razor-sharp face) with their
+        # detail level measured as the live face's is: at a face width of DETAIL_WIDTH pixels
+        face_px = float(np.ptp(self.landmarks[list(fmx.FACE_OVAL), 0]))
+        region = skin_region(self.landmarks[:, :2], self.texture.shape[:2], face_px)
+        self.levels = []  # (sigma in texture pixels, texture, LAB texture, detail)
+        for sigma in BLUR_LEVELS:
+            t = self.texture if sigma == 0 else cv2.GaussianBlur(self.texture, (0, 0), sigma * face_px / 256.0)
+            lab = self.lab if sigma == 0 else cv2.cvtColor(t.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+            self.levels.append((sigma, t, lab, detail(t, region, face_px)))
+        self.level = 0
+
+    def choose_level(self, live_detail: float) -> None:
+        """The sharpest level whose detail is at most 15% above the live face's (10% hysteresis)."""
+        want = len(self.levels) - 1
+        for k, (_, _, _, d) in enumerate(self.levels):
+            if d <= 1.15 * live_detail:
+                want = k
+                break
+        cur = self.levels[self.level][3]
+        if want != self.level and not (0.9 * live_detail <= cur <= 1.1 * live_detail):
+            self.level = want
+            self._key = None
+            self.texture, self.lab = self.levels[want][1], self.levels[want][2]
+
+    def recolour(self, live: np.ndarray, amount: float) -> np.ndarray:
+        """The texture with its skin's LAB median/spread moved to ``live`` (2, 3) by ``amount`` (0..1).
+        Recomputed only when the target moved by more than 0.3 LAB units (invisible) since the last time."""
+        key = np.append(live.ravel(), amount).astype(np.float32)
+        if self._key is not None and np.abs(key - self._key).max() < 0.3:
+            return self.recoloured
+        self._key = key
+        if amount <= 0:
+            np.copyto(self.recoloured, self.texture)
+            return self.recoloured
+        mu_a, sd_a = self.stats
+        # spreads: lightness contrast follows the live face within limits; chroma spread barely moves
+        # (scaling a/b by a large factor turns an avatar's brown shadows purple)
+        ratio = np.clip(live[1] / sd_a, (0.6, 0.8, 0.8), (1.6, 1.25, 1.25)).astype(np.float32)
+        ratio = 1.0 + (ratio - 1.0) * amount
+        shift = ((live[0] - mu_a) * amount + mu_a).astype(np.float32)
+        np.subtract(self.lab, mu_a, out=self._tmp)
+        np.multiply(self._tmp, ratio, out=self._tmp)
+        # chroma moves fully on lit skin, less in the avatar's dark shadows and hair (a full shift turns
+        # a brown shadow purple or green)
+        k = np.clip(self.lab[..., :1] / max(float(mu_a[0]), 1.0), 0.0, 1.0)
+        self._tmp[..., 1:] += (shift[1:] - mu_a[1:]) * (k - 1.0)
+        np.add(self._tmp, shift, out=self._tmp)
+        cv2.cvtColor(self._tmp, cv2.COLOR_LAB2BGR, dst=self._bgr)
+        cv2.convertScaleAbs(self._bgr, dst=self.recoloured, alpha=255.0)
+        return self.recoloured
+
+
+def load_shots(paths: list[Path], face_px: int) -> list[Shot]:
+    shots = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError("avatar image not found", Where(path), "check avatar.images in the preset")
+
+        def compute(path=path):
+            img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise UserError("cannot read the avatar image (corrupt or not an image)", Where(path),
+                                "save it again as JPEG or PNG")
+            return prepare_shot(img, str(path), face_px)
+
+        d = cached("faceswap-avatar", [path], compute, version=TEXTURE_VERSION, extra=str(face_px))
+        shots.append(Shot(path.name, d["texture"], d["landmarks"], d["pose"], d["shown"], d["use_mirror"], d["mirror"],
+                          d["lab"], d["stats"]))
+    return shots
+
+
+# ---- the per-face mask -----------------------------------------------------------------------------------
+
+class SwapMask:
+    """Builds the soft swap mask of one face box at low resolution (at most ``MASK_WIDTH`` wide) and
+    resizes it into a float32 alpha buffer the size of the box. Buffers grow, never shrink."""
+
+    def __init__(self):
+        self._alpha = np.empty(0, np.float32)
+        self._offset = np.empty(0, np.float32)
+        self._warped = np.empty((0, 0, 3), np.uint8)
+        self._small_map = tk.TexMap()
+
+    def build(self, frame: np.ndarray, lm: np.ndarray, box: tuple[int, int, int, int], face_w: float, p: dict,
+              weight: float, mouth_w: float, skin: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (alpha (bh, bw) float32 in [0, 1], small BGR crop, small skin region) for the box."""
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        q = min(1.0, MASK_WIDTH / max(bw, 1))
+        mw, mh = max(4, int(round(bw * q))), max(4, int(round(bh * q)))
+        small = cv2.resize(frame[y0:y1, x0:x1], (mw, mh), interpolation=cv2.INTER_AREA)
+        lm2 = lm[:, :2]
+        pts = (lm2 - (x0, y0)) * (mw / bw, mh / bh)
+        oval3 = np.concatenate([pts[list(fmx.FACE_OVAL)], lm[list(fmx.FACE_OVAL), 2:3] * (mw / bw)], axis=1)
+        fw = face_w * mw / bw
+        outer = np.zeros((mh, mw), np.uint8)
+        ramp = max(p["feather"] * fw, 1.0)
+        cv2.fillPoly(outer, [np.round(_shrink(oval3, p["erode"] * fw + 0.5 * ramp) * 16)
+                             .astype(np.int32)], 255, cv2.LINE_AA, 4)
+        cv2.GaussianBlur(outer, (0, 0), ramp / 4.0, dst=outer)
+        holes = np.zeros((mh, mw), np.uint8)
+        polys = [pts[list(LIPS_INNER)]]
+        for loop in (EYE_RIGHT, EYE_LEFT):  # the eye opening grown to include the lids' edges
+            e = pts[list(loop)]
+            c = e.mean(0)
+            polys.append(c + (e - c) * p["eye_margin"])
+        cv2.fillPoly(holes, [np.round(x * 16).astype(np.int32) for x in polys], 255, cv2.LINE_AA, 4)
+        if mouth_w > 0:
+            lips = pts[list(LIPS_OUTER)]
+            c = lips.mean(0)
+            cv2.fillPoly(holes, [np.round((c + (lips - c) * 1.12) * 16).astype(np.int32)], int(255 * mouth_w),
+                         cv2.LINE_AA, 4)
+        cv2.GaussianBlur(holes, (0, 0), max(0.02 * fw, 0.6), dst=holes)
+        a = outer.astype(np.float32) * ((255.0 - holes.astype(np.float32)) * np.float32(weight / (255.0 * 255.0)))
+        region = skin_region(pts, (mh, mw), fw)
+        if skin is not None and p["occlusion"] == "skin":
+            a *= 1.0 - occlusion(small, pts, skin, p["occlusion_tolerance"], fw)
+        if self._alpha.size < bw * bh:
+            self._alpha = np.empty(int(bw * bh * 1.5), np.float32)
+            self._offset = np.empty(int(bw * bh * 1.5) * 3, np.float32)
+        alpha = self._alpha[: bw * bh].reshape(bh, bw)
+        cv2.resize(a, (bw, bh), dst=alpha, interpolation=cv2.INTER_LINEAR)
+        self.small_alpha, self.outer, self.pts, self.fw = a, outer, pts, fw
+        return alpha, small, region
+
+    def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box) -> np.ndarray:
+        """The seamless blend's correction (bh, bw, 3) float32: the difference (live - warped avatar)
+        along the mask's soft edge, spread smoothly over the face by a normalised Gaussian (a smooth
+        membrane, as a Poisson blend solves for) and added to the avatar, so its shading and the live
+        face's meet without a step at the edge while the inside keeps the avatar's features. A linear
+        filter of the current frame: as stable over time as the frame itself."""
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        mh, mw = small.shape[:2]
+        if self._warped.shape != small.shape:
+            self._warped = np.empty_like(small)
+            self._ones = np.ones((mh, mw), np.float32)
+        dst2 = np.vstack([self.pts, self.pts])
+        tk.texmap_numba(small, tex, shot.tex_pts, dst2, tris, self._ones, (0, 0, mw, mh), self._warped,
+                        self._small_map)
+        # the membrane is pinned on the mask's soft edge only (where avatar and live meet), then
+        # spread smoothly inwards: the inside keeps the avatar's own features
+        ring = (self._small_map.owner >= 0) & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
+        support = ring.astype(np.float32)
+        diff = (small.astype(np.float32) - self._warped.astype(np.float32)) * support[..., None]
+        # the membrane is smooth: spread it at a quarter of the mask's resolution (cheap wide blur)
+        q = (max(2, small.shape[1] // 4), max(2, small.shape[0] // 4))
+        sigma = max(0.15 * self.fw / 4.0, 0.5)
+        num = cv2.GaussianBlur(cv2.resize(diff, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+        den = cv2.GaussianBlur(cv2.resize(support, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -30.0, 30.0)  # lighting, not repainting
+        offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
+        cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
+        return offset
+
+
+def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, fw: float) -> np.ndarray:
+    """0..1 per pixel of the small crop: how unlike the live skin it is (a hand in shadow, a microphone,
+    hair over the face). Distance in LAB from the skin median in units of the skin spread (L counted at
+    half weight: shading is not an occluder); 0 below ``tol``, 1 at twice ``tol``. Eyes, brows and lips
+    are not tested. Cleaned by an opening and blurred so no speckle shows."""
+    d = occlusion_distance(small, skin)
+    occ = np.clip((d - tol) / tol, 0.0, 1.0).astype(np.float32)
+    keep = np.zeros(small.shape[:2], np.uint8)
+    for loop, grow in ((BAND_RIGHT, 1.25), (BAND_LEFT, 1.25), (LIPS_OUTER, 1.3)):
+        p = pts[list(loop)]
+        c = p.mean(0)
+        cv2.fillPoly(keep, [np.round(c + (p - c) * grow).astype(np.int32)], 1)
+    occ[keep.astype(bool)] = 0.0
+    k = max(3, int(0.06 * fw) | 1)
+    occ = cv2.morphologyEx(occ, cv2.MORPH_OPEN, np.ones((k, k), np.uint8))
+    return cv2.GaussianBlur(occ, (0, 0), max(0.03 * fw, 0.8))
+
+
+# ---- the node ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _TrackState:
+    stats: np.ndarray | None = None  # smoothed live skin LAB statistics
+    detail: float | None = None  # smoothed live face detail (``detail``)
+    shot: int = 0
+    fade: float = 0.0  # fades in when a face appears
+    seen: int = 0  # frame counter of the last update
+
+
+@register
+class FaceSwap(Node):
+    kind = "faceswap"
+    family = "faceswap"
+    description = "Live face swap: the avatar's face warped onto the tracked face through the dense mesh, colour-matched."
+    inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR live frame"),
+              Port("faces", PortType.FACES, "list[Face] from the `face` node, landmarks in pixels of `frame`"))
+    outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR: the live frame with the avatar's face swapped in"),)
+    params = (
+        Param("select", "choice", "largest", "which of the tracked faces to swap: all of them, the largest, or the "
+              "n-th from the left (`index`); once chosen, the same person (track id) keeps the avatar",
+              choices=("all", "largest", "index")),
+        Param("index", "int", 0, "with select: index, which face from the left (0 = leftmost)", min=0, max=7),
+        Param("mouth_mask", "bool", True, "keep the streamer's real mouth (lips and inside) while it is open, "
+              "with a soft edge"),
+        Param("mouth_threshold", "float", 0.12, "mouth_mask: mouth openness (inner-lip gap / mouth width) at "
+              "which the real mouth is fully shown (it fades in from a third of this)", min=0.02, max=1.0, step=0.02),
+        Param("erode", "float", 0.04, "pull the mask's edge inside the face outline by this fraction of the "
+              "face width", min=0.0, max=0.3, step=0.01),
+        Param("feather", "float", 0.12, "width of the mask's soft edge, as a fraction of the face width",
+              min=0.01, max=0.5, step=0.01),
+        Param("color", "choice", "lab", "match the avatar's skin to the live face's lighting (LAB median and "
+              "spread inside the face), or keep the avatar's own colours", choices=("lab", "none")),
+        Param("color_amount", "float", 1.0, "how far the colour is matched (0 = the avatar's own, 1 = fully)",
+              min=0.0, max=1.0, step=0.1),
+        Param("color_smoothing", "float", 0.5, "time constant of the colour statistics, seconds (steadier "
+              "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
+        Param("blend", "choice", "seamless", "seamless: a gradient-domain step on top of the feathered mask: the "
+              "live face's shading along the mask's edge spreads smoothly over the avatar (no step at the edge "
+              "when avatar and room light differ); alpha: the feathered mask blend alone (faster)",
+              choices=("seamless", "alpha")),
+        Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
+              "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
+        Param("occlusion", "choice", "skin", "skin: pixels inside the face that do not look like the live skin "
+              "(a hand in shadow, a microphone, hair) are not painted over; off: paint the whole mask",
+              choices=("skin", "off")),
+        Param("occlusion_tolerance", "float", 3.5, "occlusion: how far from the skin colour (in spreads) a pixel "
+              "may be before the swap fades there", min=1.0, max=20.0, step=0.5),
+        Param("yaw_limit", "float", 40.0, "the swap fades out as the head turns past this many degrees "
+              "(fully gone 15 degrees later)", min=5.0, max=80.0, step=5.0),
+        Param("pitch_limit", "float", 35.0, "the same for looking up or down, degrees", min=5.0, max=80.0, step=5.0),
+        Param("min_face", "int", 40, "faces narrower than this (pixels) are left alone; the swap fades in over "
+              "the next 50%", min=8, max=1000),
+        Param("match_sharpness", "bool", True, "soften the avatar's face to the camera's sharpness (a soft "
+              "webcam image with a crisp painted face looks pasted on)"),
+        Param("strength", "float", 1.0, "overall opacity of the swapped face", min=0.0, max=1.0, step=0.05),
+        Param("texture_size", "int", 256, "avatar face texture width in pixels (prepared once, cached)", min=64,
+              max=1024, live=False),
+    )
+
+    def open(self) -> None:
+        images = list(self.ctx.avatar.images)
+        if not images:
+            raise UserError("the faceswap node needs an avatar image", Where(self.ctx.preset_file, None, "avatar.images"),
+                            "add `avatar: {images: [~/Pictures/avatar.jpg]}` to the preset")
+        self.tris = face_triangles()
+        from .face_model import canonical
+
+        self._tri_centres = canonical()[0][self.tris].mean(1)  # (T, 3) in the canonical face's frame
+        self.shots = load_shots([self.ctx.resolve(str(p)) for p in images], self.p["texture_size"])
+        tk.warmup()
+        self.texmap = tk.TexMap()
+        self.mask = SwapMask()
+        self.tracks: dict[int, _TrackState] = {}
+        self.chosen: int | None = None
+        self._frame = 0
+        self._dst2 = np.empty((0, 2), np.float64)
+        self._torch = None
+        if self.ctx.device == "cuda":
+            import torch
+
+            self._torch = torch
+            self._dev = torch.device("cuda")
+
+    def params_changed(self, names) -> None:
+        if {"select", "index"} & names:
+            self.chosen = None
+
+    def reset(self) -> None:
+        self.tracks.clear()
+        self.chosen = None
+
+    # ---- selection ----------------------------------------------------------------------------------
+    def _select(self, faces: list) -> list:
+        if not faces or self.p["select"] == "all":
+            return list(faces)
+        by_id = {f.track_id: f for f in faces}
+        if self.chosen in by_id:
+            return [by_id[self.chosen]]
+        if self.p["select"] == "largest":
+            pick = max(faces, key=lambda f: f.width)
+        else:
+            ranked = sorted(faces, key=lambda f: f.box[0] + f.box[2])
+            if self.p["index"] >= len(ranked):
+                return []
+            pick = ranked[self.p["index"]]
+        self.chosen = pick.track_id
+        return [pick]
+
+    # ---- per frame ------------------------------------------------------------------------------------
+    def process(self, inputs, out) -> None:
+        frame, dst = inputs["frame"], out["frame"]
+        np.copyto(dst, frame)
+        self._frame += 1
+        for face in self._select(inputs.get("faces") or []):
+            self._swap(face, frame, dst)
+        for tid in [t for t, s in self.tracks.items() if self._frame - s.seen > 2 * self.ctx.fps]:
+            del self.tracks[tid]  # a person gone for two seconds: forget their colour and shot
+
+    def _weight(self, face, face_w: float) -> float:
+        p = self.p
+        w = 1.0 - float(smoothstep((abs(face.yaw) - p["yaw_limit"]) / 15.0))
+        w *= 1.0 - float(smoothstep((abs(face.pitch) - p["pitch_limit"]) / 15.0))
+        w *= float(smoothstep((face_w - p["min_face"]) / (0.5 * p["min_face"])))
+        if face.state == "easing":
+            w *= 1.0 - face.neutral_weight
+        return w * p["strength"]
+
+    def _pick_shot(self, st: _TrackState, face) -> int:
+        if len(self.shots) == 1:
+            return 0
+        pose = np.array([face.yaw, face.pitch])
+        d = [float(np.linalg.norm(pose - s.pose)) for s in self.shots]
+        best = int(np.argmin(d))
+        if best != st.shot and d[best] < d[st.shot] - 5.0:  # hysteresis: no flipping between two shots
+            st.shot = best
+        return st.shot
+
+    def _swap(self, face, frame: np.ndarray, dst: np.ndarray) -> None:
+        p = self.p
+        h, w = frame.shape[:2]
+        lm = np.asarray(face.landmarks, np.float64)
+        if lm.shape[0] < 468 or not np.isfinite(lm[:468]).all():
+            return
+        lm2 = lm[:, :2]
+        oval = lm2[list(fmx.FACE_OVAL)]
+        face_w = float(np.ptp(oval[:, 0]))
+        st = self.tracks.setdefault(face.track_id, _TrackState())
+        st.seen = self._frame
+        target = self._weight(face, face_w)
+        if st.stats is None:
+            st.fade = target  # first sight of this person
+        else:  # smooth any jump of the weight (a pose glitch) over about 0.1 s
+            st.fade += (target - st.fade) * min(1.0, 1.0 / max(0.1 * self.ctx.fps, 1.0))
+        weight = st.fade
+        x0, y0 = (int(math.floor(v)) for v in oval.min(0))
+        x1, y1 = (int(math.ceil(v)) + 1 for v in oval.max(0))
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if weight <= 1e-3 or x1 - x0 < 4 or y1 - y0 < 4:
+            return
+        shot = self.shots[self._pick_shot(st, face)]
+        mo = float(fmx.mouth_open(lm))
+        t = p["mouth_threshold"]
+        mouth_w = float(smoothstep((mo - t / 3.0) / (t - t / 3.0))) if p["mouth_mask"] else 0.0
+        alpha, small, region = self.mask.build(frame, lm, (x0, y0, x1, y1), face_w, p, weight, mouth_w, st.stats)
+        live = lab_stats(small, region)
+        k = 1.0
+        if st.stats is None:
+            st.stats = live
+        else:
+            k = 1.0 - math.exp(-1.0 / max(p["color_smoothing"] * self.ctx.fps, 1e-6))
+            st.stats += (live - st.stats) * np.float32(k)
+        if p["match_sharpness"]:
+            d = detail(small, region, face_w * small.shape[1] / (x1 - x0))
+            st.detail = d if st.detail is None else st.detail + (d - st.detail) * k
+            shot.choose_level(st.detail)
+        tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0)
+        # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
+        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
+        tri = self.tris
+        use = np.nonzero(shot.shown)[0]
+        # depth from the smoothed head rotation and the canonical face, not from the landmarks' own noisy
+        # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
+        depth = self._tri_centres[use] @ np.asarray(face.rotation, np.float64)[2]
+        order = use[np.argsort(depth, kind="stable")]
+        tris = tri[order] + shot.tri_offset[order, None]
+        n = len(lm2)
+        if self._dst2.shape[0] != 2 * n:
+            self._dst2 = np.empty((2 * n, 2), np.float64)
+        self._dst2[:n] = lm2
+        self._dst2[n:] = lm2
+        box = (x0, y0, x1, y1)
+        offset = self.mask.lighting_offset(small, tex, shot, tris, box) if p["blend"] == "seamless" else None
+        if self._torch is not None:
+            self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset)
+        else:
+            tk.texmap_numba(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, dst, self.texmap, offset)
+
+    def _swap_torch(self, dst, tex, tex_pts, lm2, tris, alpha, box, offset) -> None:
+        torch = self._torch
+        x0, y0, x1, y1 = box
+        roi = torch.from_numpy(np.ascontiguousarray(dst[y0:y1, x0:x1])).to(self._dev)
+        res = tk.texmap_torch(roi, torch.from_numpy(tex).to(self._dev), tex_pts, lm2 - (x0, y0), tris,
+                              torch.from_numpy(alpha).to(self._dev), (0, 0, x1 - x0, y1 - y0), roi,
+                              offset=None if offset is None else torch.from_numpy(offset))
+        dst[y0:y1, x0:x1] = res.cpu().numpy()
+
+
+# ---- benchmark -----------------------------------------------------------------------------------------
+
+def _bench_avatar() -> Path | None:
+    p = Path(__file__).resolve().parents[2] / "shared" / "data" / "avatars" / "mona_lisa.jpg"
+    return p if p.is_file() else None
+
+
+def _swap_notes(r: dict) -> list[str]:
+    out = []
+    for k, v in r.items():
+        target = 30.0 if "720" in k else 20.0
+        out.append(f"{k}: {1000.0 / v['median_ms']:.1f} fps (target >= {target:g})")
+    return out
+
+
+@bench.case("faceswap", "face tracking + face swap (+ colour match, mask, blend) on a real 720p clip, one face; "
+            "1280x720 and 1920x1080 (the clip upscaled), per frame", _swap_notes)
+def _bench_faceswap():
+    from engine.node import Avatar, BuildContext
+
+    from .face import FaceNode, _bench_frames
+
+    avatar = _bench_avatar()
+    if avatar is None:
+        raise UserError("bench faceswap needs ../shared/data/avatars/mona_lisa.jpg beside the checkout")
+    frames720 = _bench_frames(60)
+    variants = {}
+    for label, size, params in (("720p tracking + swap", (720, 1280), {}),
+                                ("720p swap alone", (720, 1280), {}),
+                                ("1080p tracking + swap", (1080, 1920), {}),
+                                ("1080p swap alone", (1080, 1920), {}),
+                                ("720p tracking + swap, blend alpha", (720, 1280), {"blend": "alpha"}),
+                                ("1080p tracking + swap, blend alpha", (1080, 1920), {"blend": "alpha"})):
+        frames = frames720 if size == (720, 1280) else [cv2.resize(f, (size[1], size[0])) for f in frames720]
+        ctx = BuildContext(source_size=size, avatar=Avatar(images=[avatar]))
+        fnode = FaceNode("face", FaceNode.validate_params({"max_faces": 1})[0], ctx)
+        fnode.open()
+        snode = FaceSwap("faceswap", FaceSwap.validate_params(params)[0], ctx)
+        snode.open()
+        fo = {"frame": np.empty(size + (3,), np.uint8), "faces": []}
+        so = {"frame": np.empty(size + (3,), np.uint8)}
+        faces = []
+        if "alone" in label:  # tracked once up front: time the swap only
+            for f in frames:
+                fnode.process({"frame": f}, fo)
+                faces.append(list(fo["faces"]))
+        state = {"i": 0}
+
+        def step(fnode=fnode, snode=snode, fo=fo, so=so, frames=frames, faces=faces, state=state):
+            i = state["i"] % len(frames)
+            if faces:
+                snode.process({"frame": frames[i], "faces": faces[i]}, so)
+            else:
+                fnode.process({"frame": frames[i]}, fo)
+                snode.process({"frame": fo["frame"], "faces": fo["faces"]}, so)
+            state["i"] += 1
+
+        variants[label] = step
+    return variants
+
+
+# ---- quality: the `avatarcast eval --suite faceswap` measures -----------------------------------------
+
+def _register_suite() -> None:
+    from . import evaluate as ev
+
+    erode, feather = (FaceSwap.param(n).default for n in ("erode", "feather"))
+
+    class SwapEdge(ev.EdgeVisibility):
+        # the default mask's soft edge: it starts `erode` inside the outline and ramps over `feather`
+        insets = (erode, erode + feather / 2, erode + feather)
+
+    ev.register_suite(ev.Suite(
+        "faceswap", "avatar face swapped onto the driver (issue 4): expression kept, identity moved, flicker, edges",
+        cross=[ev.MotionTransfer, ev.Identity, ev.Flicker, SwapEdge, ev.FaceFound],
+        targets=[
+            ev.Target("cross", "motion_r", "min", ">=", 0.95, "expression kept: motion transfer r input -> output, "
+                      "worst clip x avatar"),
+            ev.Target("cross", "id_margin", "min", ">", 0.0, "identity moved: output closer to the avatar than to "
+                      "the original (distance to original - to avatar), worst pair"),
+            ev.Target("cross", "flicker_ratio", "max", "<=", 1.2, "flicker: output / input frame-to-frame difference "
+                      "in the face region, worst pair"),
+            ev.Target("cross", "edge_ratio", "max", "<=", 1.2, "edge: output / input gradient along the mask "
+                      "boundary, worst pair"),
+        ],
+        columns=[("cross", "motion_r", "motion r"), ("cross", "id_to_avatar", "d avatar"),
+                 ("cross", "id_to_original", "d orig"), ("cross", "flicker_ratio", "flicker x"),
+                 ("cross", "edge_ratio", "edge x"), ("cross", "found_rate", "found")],
+    ))
+
+
+_register_suite()

@@ -1,0 +1,338 @@
+"""The faceswap node on real faces from ../shared/data (real mediapipe): expression kept, identity
+moved, pass-through without a face, bad avatars, awkward faces, mouth mask, occlusion, selection,
+few-shot, and the torch path giving the numba path's frames. Frame subsets keep it quick."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from engine.errors import UserError
+from engine.node import Avatar, BuildContext
+from engine.preset import loads_preset
+from engine.runtime import Engine
+from nodes import face_metrics as fmx
+from nodes.evaluate import FaceNormaliser, motion_transfer
+from nodes.face import FaceNode, MeshDetector, detect_landmarks, make_face
+from nodes.faceswap import EYE_LEFT, EYE_RIGHT, LIPS_INNER, LIPS_OUTER, FaceSwap, _TrackState, face_triangles
+
+pytestmark = pytest.mark.data
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_cache(tmp_path_factory):
+    old = os.environ.get("AVATARCAST_CACHE")
+    os.environ["AVATARCAST_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("AVATARCAST_CACHE", None)
+    else:
+        os.environ["AVATARCAST_CACHE"] = old
+
+
+def swap_node(shared_data, size, avatars=("mona_lisa.jpg",), device="cpu", **params) -> FaceSwap:
+    ctx = BuildContext(source_size=size, fps=30.0, device=device,
+                       avatar=Avatar(images=[shared_data / "avatars" / a for a in avatars]))
+    n = FaceSwap("faceswap", FaceSwap.validate_params(params)[0], ctx)
+    n.open()
+    return n
+
+
+def swap(n: FaceSwap, frame: np.ndarray, faces) -> np.ndarray:
+    frame = np.ascontiguousarray(frame)
+    frame.flags.writeable = False
+    out = {"frame": np.empty_like(frame)}
+    n.process({"frame": frame, "faces": faces}, out)
+    return out["frame"]
+
+
+def read_clip(path, n, step=1) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    frames, i = [], 0
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i % step == 0:
+            frames.append(f)
+        i += 1
+    cap.release()
+    return frames
+
+
+@pytest.fixture(scope="module")
+def talking(shared_data):
+    """Every third of the first 120 frames of woman_expressions (wink, frown, turns, talking) with
+    their tracked faces."""
+    frames = read_clip(shared_data / "driving" / "woman_expressions.mp4", 40, step=3)
+    fn = FaceNode("face", FaceNode.validate_params({"max_faces": 1})[0],
+                  BuildContext(source_size=frames[0].shape[:2], fps=10.0))
+    fn.open()
+    faces = []
+    out = {"frame": np.empty_like(frames[0]), "faces": []}
+    for f in frames:
+        fn.process({"frame": f}, out)
+        faces.append(list(out["faces"]))
+    fn.close()
+    assert all(faces)
+    return frames, faces
+
+
+def test_mesh_triangles_leave_eyes_and_mouth_open():
+    from nodes.face_model import canonical
+
+    tris = face_triangles()
+    assert tris.shape == (852, 3)
+    p = canonical()[0][:, :2]
+    e1, e2 = p[tris[:, 1]] - p[tris[:, 0]], p[tris[:, 2]] - p[tris[:, 0]]
+    assert (e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] > 0).all()  # all front-facing, counter-clockwise
+    for loop in (EYE_LEFT, EYE_RIGHT):  # no triangle covers an eye's centre
+        c = p[list(loop)].mean(0)
+        a, b, d = p[tris[:, 0]], p[tris[:, 1]], p[tris[:, 2]]
+
+        def side(u, v, c=c):
+            return (v[:, 0] - u[:, 0]) * (c[1] - u[:, 1]) - (v[:, 1] - u[:, 1]) * (c[0] - u[:, 0])
+
+        inside = (side(a, b) > 0) & (side(b, d) > 0) & (side(d, a) > 0)
+        assert not inside.any()
+    inner = set(LIPS_INNER)
+    assert not any(set(t) <= inner for t in tris.tolist())  # nothing spans the lips' opening
+
+
+def test_swap_keeps_expression_and_moves_identity(shared_data, talking):
+    frames, faces = talking
+    avatar = "painted_child.jpg"
+    n = swap_node(shared_data, frames[0].shape[:2], (avatar,))
+    det_in, det_out = MeshDetector(max_faces=1), MeshDetector(max_faces=1)
+    img = cv2.imread(str(shared_data / "avatars" / avatar))
+    norm = FaceNormaliser(img, detect_landmarks(img)[0])
+    lin, lout, to_av, to_orig, changed = [], [], [], [], []
+    for f, fc in zip(frames, faces, strict=True):
+        o = swap(n, f, fc)
+        changed.append(float(np.abs(o.astype(int) - f).mean()))
+        a, b = det_in.detect(f), det_out.detect(o)
+        assert b, "the swapped face must still be a face"
+        lin.append(a[0])
+        lout.append(b[0])
+        no = norm(o, b[0])
+        to_av.append(norm.distance(no, norm.avatar))
+        to_orig.append(norm.distance(no, norm(f, a[0])))
+    det_in.close()
+    det_out.close()
+    assert np.mean(changed) > 2.0  # something was swapped
+    r = motion_transfer(np.array(lin), np.array(lout))
+    assert r["motion_r"] >= 0.9, r  # 40 frames: a noisier estimate than the eval's whole clips
+    assert r["r_mouth_open"] >= 0.95 and r["r_yaw"] >= 0.9, r
+    assert np.mean(to_av) < np.mean(to_orig), (np.mean(to_av), np.mean(to_orig))
+
+
+def test_no_face_passes_the_frame_through_untouched(shared_data, talking):
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2])
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, frames[0].shape, dtype=np.uint8)
+    assert np.array_equal(swap(n, noise, []), noise)
+    assert np.array_equal(swap(n, frames[0], []), frames[0])
+    # through the engine: face node finds nothing in a blank frame
+    text = (f"name: t\navatar:\n  images: [{shared_data / 'avatars' / 'mona_lisa.jpg'}]\n"
+            "pipeline:\n  - node: face\n  - node: faceswap\n")
+    eng = Engine([loads_preset(text)], source_size=(320, 240), live=False)
+    eng.start()
+    try:
+        blank = np.full((240, 320, 3), 77, np.uint8)
+        out = np.empty_like(blank)
+        eng.process(blank, out)
+        assert np.array_equal(out, blank)
+    finally:
+        eng.close()
+
+
+def test_avatar_without_a_face_is_a_clear_error_at_open(shared_data):
+    cat = shared_data / "avatars" / "cat_no_face.jpg"
+    with pytest.raises(UserError, match="cat_no_face.jpg") as ei:
+        swap_node(shared_data, (240, 320), ("cat_no_face.jpg",))
+    assert "no face" in str(ei.value)
+    text = f"name: t\navatar:\n  images: [{cat}]\npipeline:\n  - node: face\n  - node: faceswap\n"
+    eng = Engine([loads_preset(text)], source_size=(320, 240), live=False)
+    with pytest.raises(UserError, match="cat_no_face.jpg"):
+        eng.start()
+    eng.close()
+
+
+def test_tiny_border_and_profile_faces(shared_data, talking):
+    frames, faces = talking
+    f, face = frames[10], faces[10][0]
+    h, w = f.shape[:2]
+    n = swap_node(shared_data, (h, w))
+    lm = face.landmarks.copy()
+    c = lm[:, :2].mean(0)
+    # tiny: 30 px wide -> left alone
+    tiny = lm.copy()
+    tiny[:, :2] = (lm[:, :2] - c) * (30.0 / face.width) + c
+    assert np.array_equal(swap(n, f, [replace(face, landmarks=tiny, box=(0, 0, 30, 30), track_id=50)]), f)
+    # at the border: half the face outside the frame -> no crash, changes only inside the face box
+    for dx, dy in ((-0.6 * face.width - c[0], 0), (w - c[0] + 0.3 * face.width, 0), (0, h - c[1])):
+        moved = lm.copy()
+        moved[:, 0] += dx
+        moved[:, 1] += dy
+        o = swap(n, f, [make_face(moved, (h, w), track_id=60)])
+        diff = np.abs(o.astype(int) - f).sum(-1) > 0
+        x0, y0 = np.floor(moved[:, :2].min(0)).astype(int)
+        x1, y1 = np.ceil(moved[:, :2].max(0)).astype(int) + 1
+        inside = np.zeros_like(diff)
+        inside[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+        assert not (diff & ~inside).any()
+    # profile: past the yaw limit the swap has faded out completely
+    assert np.array_equal(swap(n, f, [replace(face, yaw=85.0, track_id=70)]), f)
+    # a collapsed (edge-on) mesh: no crash, nothing outside the face box
+    flat = lm.copy()
+    flat[:, 0] = (lm[:, 0] - c[0]) * 0.08 + c[0]
+    o = swap(n, f, [replace(make_face(flat, (h, w), track_id=80), yaw=30.0)])
+    diff = np.abs(o.astype(int) - f).sum(-1) > 0
+    ys, xs = np.nonzero(diff)
+    if len(xs):
+        assert xs.min() >= flat[:, 0].min() - 1 and xs.max() <= flat[:, 0].max() + 1
+
+
+def assert_kept(kept, painted, live, where, tol) -> None:
+    """``kept`` shows the live pixels at ``where`` (mean difference under ``tol``); ``painted``
+    (the same swap without the protection) clearly does not."""
+    d_kept = np.abs(kept[where].astype(int) - live[where]).mean()
+    d_painted = np.abs(painted[where].astype(int) - live[where]).mean()
+    assert d_kept < tol and d_painted > 4.0 * max(d_kept, 1.0), (d_kept, d_painted)
+
+
+def _open_mouth_frame(shared_data):
+    frames = read_clip(shared_data / "driving" / "woman_expressions.mp4", 60, step=5)
+    best = None
+    for f in frames:
+        found = detect_landmarks(f)
+        if found:
+            mo = float(fmx.mouth_open(found[0]))
+            if best is None or mo > best[0]:
+                best = (mo, f, found[0])
+    return best
+
+
+def test_mouth_mask_keeps_the_real_mouth_when_open(shared_data):
+    mo, f, lm = _open_mouth_frame(shared_data)
+    assert mo > 0.2, mo
+    face = make_face(lm, f.shape[:2], track_id=1)
+    inner = lm[list(LIPS_INNER), :2]
+    c = inner.mean(0)
+    m = np.zeros(f.shape[:2], np.uint8)
+    cv2.fillPoly(m, [np.round(c + (inner - c) * 0.8).astype(np.int32)], 1)
+    lips = np.zeros(f.shape[:2], np.uint8)
+    outer = lm[list(LIPS_OUTER), :2]
+    cv2.fillPoly(lips, [np.round(outer).astype(np.int32)], 1)
+    cv2.fillPoly(lips, [np.round(inner).astype(np.int32)], 0)
+    lips = cv2.erode(lips, np.ones((3, 3), np.uint8)).astype(bool)
+    on = swap(swap_node(shared_data, f.shape[:2], mouth_mask=True), f, [face])
+    off = swap(swap_node(shared_data, f.shape[:2], mouth_mask=False), f, [face])
+    inside = m.astype(bool)
+    # the mouth's opening is always the streamer's own (no stretched avatar lips across it)
+    assert np.array_equal(on[inside], f[inside]) and np.array_equal(off[inside], f[inside])
+    # mouth mask on: the lips are the streamer's too (nearly: soft edge); off: the avatar's lips
+    assert_kept(on, off, f, lips, 2.0)
+
+
+def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking):
+    frames, faces = talking
+    f, face = frames[5], faces[5][0]
+    lm = face.landmarks
+    n = swap_node(shared_data, f.shape[:2], occlusion="skin")
+    n2 = swap_node(shared_data, f.shape[:2], occlusion="off")
+    for _ in range(3):  # let the colour statistics settle on the plain face
+        swap(n, f, [face])
+    # a dark microphone over the cheek
+    occluded = f.copy()
+    cx, cy = lm[205, :2].astype(int)
+    r = int(0.1 * face.width)
+    occluded[cy - r:cy + r, cx - r:cx + r] = (40, 40, 45)
+    core = (slice(cy - r // 2, cy + r // 2), slice(cx - r // 2, cx + r // 2))  # the soft edge aside
+    assert_kept(swap(n, occluded, [face]), swap(n2, occluded, [face]), occluded, core, 6.0)
+
+
+def test_selection_keeps_the_same_person_and_all_swaps_everyone(shared_data, talking):
+    frames, faces = talking
+    f, face = frames[0], faces[0][0]
+    h, w = f.shape[:2]
+    lm = face.landmarks
+    c = lm[:, :2].mean(0)
+
+    def person(scale, x, tid):
+        q = lm.copy()
+        q[:, :2] = (lm[:, :2] - c) * scale + (x, c[1])
+        return make_face(q, (h, w), track_id=tid)
+
+    big, small = person(0.45, w * 0.28, 1), person(0.35, w * 0.72, 2)
+    n = swap_node(shared_data, (h, w), select="largest")
+    o = swap(n, f, [big, small])
+    left, right = np.abs(o.astype(int) - f)[:, : w // 2].sum(), np.abs(o.astype(int) - f)[:, w // 2:].sum()
+    assert left > 0 and right == 0
+    # the people change sizes: the avatar stays on person 1
+    o = swap(n, f, [person(0.3, w * 0.28, 1), person(0.45, w * 0.72, 2)])
+    assert np.abs(o.astype(int) - f)[:, : w // 2].sum() > 0 and np.abs(o.astype(int) - f)[:, w // 2:].sum() == 0
+    o = swap(swap_node(shared_data, (h, w), select="all"), f, [big, small])
+    assert np.abs(o.astype(int) - f)[:, : w // 2].sum() > 0 and np.abs(o.astype(int) - f)[:, w // 2:].sum() > 0
+    o = swap(swap_node(shared_data, (h, w), select="index", index=1), f, [big, small])
+    assert np.abs(o.astype(int) - f)[:, : w // 2].sum() == 0 and np.abs(o.astype(int) - f)[:, w // 2:].sum() > 0
+
+
+def test_few_shot_uses_the_shot_nearest_the_pose(shared_data, talking):
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2], ("mona_lisa.jpg", "pearl_earring.jpg"))
+    poses = [s.pose for s in n.shots]
+    assert abs(poses[0][0] - poses[1][0]) > 10  # a frontal and a three-quarter shot
+    face = faces[0][0]
+    # from a state on the other shot, a head posed like each shot switches to it
+    picks = [n._pick_shot(_TrackState(shot=1 - k), replace(face, yaw=float(poses[k][0]), pitch=float(poses[k][1])))
+             for k in range(2)]
+    assert picks == [0, 1]
+
+
+def test_torch_path_gives_the_numba_frames(shared_data, talking):
+    torch = pytest.importorskip("torch")
+    frames, faces = talking
+    a = swap_node(shared_data, frames[0].shape[:2])
+    b = swap_node(shared_data, frames[0].shape[:2])
+    b._torch, b._dev = torch, torch.device("cpu")  # the CUDA code path, run on the CPU
+    for f, fc in zip(frames[:4], faces[:4], strict=True):
+        oa, ob = swap(a, f, fc), swap(b, f, fc)
+        assert np.abs(oa.astype(int) - ob).max() <= 1
+
+
+def test_texture_softens_to_the_cameras_detail(shared_data, talking):
+    from nodes.faceswap import detail
+
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2])
+    shot = n.shots[0]
+    d = [lv[3] for lv in shot.levels]
+    assert all(a > b for a, b in zip(d, d[1:], strict=False))  # each level softer than the last
+    shot.choose_level(1e9)
+    assert shot.level == 0  # a sharp camera: the avatar's own texture
+    shot.choose_level(d[3])
+    assert shot.level == 3
+    # a blurred camera frame measures less detail than the same frame sharp
+    f, face = frames[0], faces[0][0]
+    from nodes.faceswap import skin_region
+
+    region = skin_region(face.landmarks[:, :2], f.shape[:2], face.width)
+    assert detail(cv2.GaussianBlur(f, (0, 0), 2.0), region, face.width) < 0.8 * detail(f, region, face.width)
+
+
+def test_seamless_blend_runs_and_differs_only_inside_the_face(shared_data, talking):
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    a = swap(swap_node(shared_data, f.shape[:2], blend="alpha"), f, fc)
+    s = swap(swap_node(shared_data, f.shape[:2], blend="seamless"), f, fc)
+    diff = np.abs(a.astype(int) - s).sum(-1) > 0
+    assert diff.any()
+    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
+    assert not diff[: max(y0 - 2, 0)].any() and not diff[y1 + 3:].any()
+    assert not diff[:, : max(x0 - 2, 0)].any() and not diff[:, x1 + 3:].any()
