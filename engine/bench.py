@@ -6,6 +6,7 @@ their own cases in their modules.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import statistics
@@ -82,9 +83,15 @@ def run(names: list[str] | None = None, repeat: int = 30, echo: Callable[[str], 
     info = machine()
     echo("machine: " + ", ".join(f"{k} {v}" for k, v in info.items()))
     results: dict[str, dict] = {}
+    root = logging.getLogger()
     for c in chosen:
         variants = c.setup()
-        res = {k: measure(fn, repeat) for k, fn in variants.items()}
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))  # what a case logs per call is not the result
+        try:
+            res = {k: measure(fn, repeat) for k, fn in variants.items()}
+        finally:
+            root.setLevel(level)
         results[c.name] = {"description": c.description, "variants": res}
         echo(f"\n{c.name}: {c.description}")
         for k, r in res.items():

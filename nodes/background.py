@@ -193,7 +193,7 @@ class Background(Node):
         self.guide_size, self.seg_size, self.low_size = (gw, gh), (sw, sh), (lw, lh)
         with native_stderr_quiet():  # model load and first run print native log lines
             self.seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=MODELS[self.p["model"]])
-            self.seg.process(np.zeros((64, 64, 3), np.uint8))
+            self.seg.process(np.zeros((sh, sw, 3), np.uint8))  # at the size it will run at
         z = np.zeros
         self.half = z((gh, gw, 3), np.uint8)  # the frame at guide resolution
         self.gray = z((gh, gw), np.uint8)

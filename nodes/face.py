@@ -98,6 +98,7 @@ class MeshDetector:
         self.process_width = int(process_width)
         self._small: np.ndarray | None = None
         self._rgb: np.ndarray | None = None
+        self._sizes_seen: set[tuple[int, ...]] = set()
         with native_stderr_quiet():  # model load and first runs print native log lines
             self._mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=static, max_num_faces=int(max_faces), refine_landmarks=True,
@@ -114,7 +115,7 @@ class MeshDetector:
         face = cv2.imread(str(shipped_presets_dir() / "assets" / "demo_avatar.png"), cv2.IMREAD_COLOR)
         if face is not None:
             self._mesh.process(cv2.cvtColor(face, cv2.COLOR_BGR2RGB))
-        self._mesh.reset()
+            self.reset()
 
     def _prepare(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
@@ -132,7 +133,13 @@ class MeshDetector:
 
     def detect(self, frame: np.ndarray) -> list[np.ndarray]:
         h, w = frame.shape[:2]
-        res = self._mesh.process(self._prepare(frame))
+        rgb = self._prepare(frame)
+        if rgb.shape not in self._sizes_seen:  # mediapipe sets up (and logs natively) per new input size
+            self._sizes_seen.add(rgb.shape)
+            with native_stderr_quiet():
+                res = self._mesh.process(rgb)
+        else:
+            res = self._mesh.process(rgb)
         found = []
         for lms in res.multi_face_landmarks or ():
             a = np.array([(p.x, p.y, p.z) for p in lms.landmark], np.float32)
@@ -143,8 +150,11 @@ class MeshDetector:
         return found
 
     def reset(self) -> None:
-        """Forget mediapipe's own tracking state (a new clip starts)."""
-        self._mesh.reset()
+        """Forget mediapipe's own tracking state (a new clip starts). mediapipe restarts its graph; one
+        empty run inside the quiet window lets it finish starting (and logging) there."""
+        with native_stderr_quiet():
+            self._mesh.reset()
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def close(self) -> None:
         self._mesh.close()
