@@ -21,6 +21,8 @@ import numpy as np
 from .errors import SinkError, Where
 
 log = logging.getLogger("avatarcast.sink")
+_UMASK = os.umask(0)  # read once at import (single-threaded); temp files are private, finished ones are not
+os.umask(_UMASK)
 IMAGE_OUT = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 
 
@@ -149,6 +151,7 @@ class FileSink(Sink):
             if ok and self.frames > 0:
                 if self._proc_was_video and self.audio_from is not None and has_audio(self.audio_from):
                     self._mux_audio(tmp)
+                os.chmod(tmp, 0o666 & ~_UMASK)  # as a plainly created file would be, not mkstemp's 0600
                 os.replace(tmp, self.path)
                 tmp = None
         finally:

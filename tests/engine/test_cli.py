@@ -135,6 +135,10 @@ def test_render_copies_audio_and_keeps_frames(tmp_path, preset):
     assert has_audio(tmp_path / "out.mp4")
     res = cli("render", src, "-o", tmp_path / "still.png", "--preset", preset, "--max-frames", "1", "--no-progress")
     assert res.returncode == 0 and cv2.imread(str(tmp_path / "still.png")).shape == (64, 96, 3)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("out.mp4", "still.png"):  # finished files get the usual mode, not the private temp file's
+        assert (tmp_path / f).stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.data
