@@ -18,7 +18,17 @@ from engine.runtime import Engine
 from nodes import face_metrics as fmx
 from nodes.evaluate import FaceNormaliser, motion_transfer
 from nodes.face import FaceNode, MeshDetector, detect_landmarks, make_face
-from nodes.faceswap import EYE_LEFT, EYE_RIGHT, LIPS_INNER, LIPS_OUTER, FaceSwap, _TrackState, face_triangles
+from nodes.faceswap import (
+    BROW_LEFT,
+    BROW_RIGHT,
+    EYE_LEFT,
+    EYE_RIGHT,
+    LIPS_INNER,
+    LIPS_OUTER,
+    FaceSwap,
+    _TrackState,
+    face_triangles,
+)
 
 pytestmark = pytest.mark.data
 
@@ -238,6 +248,30 @@ def test_mouth_mask_keeps_the_real_mouth_when_open(shared_data):
     assert np.array_equal(on[inside], f[inside]) and np.array_equal(off[inside], f[inside])
     # mouth mask on: the lips are the streamer's too (nearly: soft edge); off: the avatar's lips
     assert_kept(on, off, f, lips, 2.0)
+
+
+def test_brow_show_lets_the_streamers_brows_through(shared_data, talking):
+    frames, faces = talking
+    f, face = frames[5], faces[5][0]
+    lm = face.landmarks
+    core = np.zeros(f.shape[:2], np.uint8)
+    for loop in (BROW_RIGHT, BROW_LEFT):
+        b = lm[list(loop), :2]
+        c = b.mean(0)
+        cv2.fillPoly(core, [np.round(c + (b - c) * 0.9).astype(np.int32)], 1)
+    core = core.astype(bool)
+    assert core.sum() > 50
+    full = swap(swap_node(shared_data, f.shape[:2], brow_show=1.0, blend="alpha"), f, [face])
+    part = swap(swap_node(shared_data, f.shape[:2], brow_show=0.5, blend="alpha"), f, [face])
+    off = swap(swap_node(shared_data, f.shape[:2], brow_show=0.0, blend="alpha"), f, [face])
+    # fully shown: the brows are the streamer's (nearly: soft edge); off: the avatar paints them
+    assert_kept(full, off, f, core, 6.0)
+    # half shown: in between
+    d = [np.abs(x[core].astype(int) - f[core]).mean() for x in (full, part, off)]
+    assert d[0] < d[1] < d[2], d
+    # away from the brows (the chin) nothing changes
+    chin = (slice(int(lm[152, 1]) - 12, int(lm[152, 1]) - 4), slice(int(lm[152, 0]) - 4, int(lm[152, 0]) + 4))
+    assert np.array_equal(full[chin], off[chin])
 
 
 def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking):
