@@ -60,6 +60,9 @@ BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 TEXTURE_VERSION = "6"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
+# the seamless blend's membrane corrects lighting by at most this much per channel (0..255): enough for a
+# soft-focus, unevenly lit room (30 left a visible edge there), not enough to repaint the avatar's features
+MEMBRANE_LIMIT = 80.0
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
@@ -414,7 +417,7 @@ class SwapMask:
         sigma = max(0.15 * self.fw / 4.0, 0.5)
         num = cv2.GaussianBlur(cv2.resize(diff, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
         den = cv2.GaussianBlur(cv2.resize(support, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
-        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -30.0, 30.0)  # lighting, not repainting
+        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -MEMBRANE_LIMIT, MEMBRANE_LIMIT)
         offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
         cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
         return offset

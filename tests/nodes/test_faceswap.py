@@ -370,3 +370,25 @@ def test_seamless_blend_runs_and_differs_only_inside_the_face(shared_data, talki
     x0, y0, x1, y1 = (int(v) for v in fc[0].box)
     assert not diff[: max(y0 - 2, 0)].any() and not diff[y1 + 3:].any()
     assert not diff[:, : max(x0 - 2, 0)].any() and not diff[:, x1 + 3:].any()
+
+
+def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, talking):
+    from nodes.faceswap import MEMBRANE_LIMIT
+
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
+    n = swap_node(shared_data, f.shape[:2], color="none")
+    got = []
+    build = n.mask.lighting_offset
+    n.mask.lighting_offset = lambda *a: got.append(build(*a).copy()) or got[-1]
+    s = swap(n, dark, fc)
+    a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
+    off = got[-1]
+    # the membrane darkens the avatar by more than the old 30-level cap, never past its limit
+    assert off.min() < -40.0 and np.abs(off).max() <= MEMBRANE_LIMIT + 1e-3
+    # so the swapped face's brightness is nearer the dim live face's than the alpha blend's
+    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
+    roi = (slice(y0, y1), slice(x0, x1))
+    live = dark[roi].astype(float).mean()
+    assert abs(s[roi].astype(float).mean() - live) < 0.6 * abs(a[roi].astype(float).mean() - live)
