@@ -8,7 +8,9 @@ Per chosen face, per frame, working only inside the face's box:
      spread (robust statistics inside the skin region, smoothed over time);
   3. a soft mask is built at low resolution: the face outline (FACE_OVAL) pulled inwards (``erode``)
      and feathered, minus the eyes and the mouth opening (and, with ``mouth_mask``, the lips while
-     the mouth is open), minus pixels that do not look like the live skin (``occlusion``: a hand or a
+     the mouth is open), partly minus the brows (``brow_show``: the streamer's brows, which carry
+     much of the expression, show through by that fraction; off by default: on whole clips it costs
+     identity on a three-quarter avatar more than it gains in brow motion), minus pixels that do not look like the live skin (``occlusion``: a hand or a
      microphone in front of the face), times a weight that fades as the head turns past
      ``yaw_limit`` / ``pitch_limit``, as the face gets tiny, or as the tracker eases a lost face out;
   4. the texture is mapped through mediapipe's dense face mesh (852 triangles, nearest first,
@@ -51,10 +53,16 @@ LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 31
 # occlusion test (brows, lashes and eyes are not skin-coloured but are no occluder)
 BAND_RIGHT = (70, 63, 105, 66, 107, 55, 193, 133, 155, 154, 153, 145, 144, 163, 7, 33, 130)
 BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 390, 249, 263, 359)
+# each brow as a closed loop (upper edge outwards-in, then the lower edge back)
+BROW_RIGHT = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
+BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 
 TEXTURE_VERSION = "6"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
+# the seamless blend's membrane corrects lighting by at most this much per channel (0..255): enough for a
+# soft-focus, unevenly lit room (30 left a visible edge there), not enough to repaint the avatar's features
+MEMBRANE_LIMIT = 80.0
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
@@ -362,6 +370,16 @@ class SwapMask:
             cv2.fillPoly(holes, [np.round((c + (lips - c) * 1.12) * 16).astype(np.int32)], int(255 * mouth_w),
                          cv2.LINE_AA, 4)
         cv2.GaussianBlur(holes, (0, 0), max(0.02 * fw, 0.6), dst=holes)
+        if p["brow_show"] > 0:  # the streamer's brows show through (they carry much of the expression)
+            brows = np.zeros((mh, mw), np.uint8)
+            bpolys = []
+            for loop in (BROW_RIGHT, BROW_LEFT):
+                b = pts[list(loop)]
+                c = b.mean(0)
+                bpolys.append(np.round((c + (b - c) * p["brow_margin"]) * 16).astype(np.int32))
+            cv2.fillPoly(brows, bpolys, int(round(255 * p["brow_show"])), cv2.LINE_AA, 4)
+            cv2.GaussianBlur(brows, (0, 0), max(0.015 * fw, 0.6), dst=brows)
+            np.maximum(holes, brows, out=holes)
         a = outer.astype(np.float32) * ((255.0 - holes.astype(np.float32)) * np.float32(weight / (255.0 * 255.0)))
         region = skin_region(pts, (mh, mw), fw)
         if skin is not None and p["occlusion"] == "skin":
@@ -399,7 +417,7 @@ class SwapMask:
         sigma = max(0.15 * self.fw / 4.0, 0.5)
         num = cv2.GaussianBlur(cv2.resize(diff, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
         den = cv2.GaussianBlur(cv2.resize(support, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
-        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -30.0, 30.0)  # lighting, not repainting
+        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -MEMBRANE_LIMIT, MEMBRANE_LIMIT)
         offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
         cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
         return offset
@@ -467,6 +485,11 @@ class FaceSwap(Node):
               choices=("seamless", "alpha")),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
+        Param("brow_show", "float", 0.0, "how much the streamer's own brows show through the avatar's "
+              "(0 = the avatar's brows only, 1 = the live brows fully): brows carry much of the expression",
+              min=0.0, max=1.0, step=0.05),
+        Param("brow_margin", "float", 1.4, "brow_show: grows the live brow area around the brow outline",
+              min=1.0, max=2.5, step=0.05),
         Param("occlusion", "choice", "skin", "skin: pixels inside the face that do not look like the live skin "
               "(a hand in shadow, a microphone, hair) are not painted over; off: paint the whole mask",
               choices=("skin", "off")),

@@ -18,7 +18,17 @@ from engine.runtime import Engine
 from nodes import face_metrics as fmx
 from nodes.evaluate import FaceNormaliser, motion_transfer
 from nodes.face import FaceNode, MeshDetector, detect_landmarks, make_face
-from nodes.faceswap import EYE_LEFT, EYE_RIGHT, LIPS_INNER, LIPS_OUTER, FaceSwap, _TrackState, face_triangles
+from nodes.faceswap import (
+    BROW_LEFT,
+    BROW_RIGHT,
+    EYE_LEFT,
+    EYE_RIGHT,
+    LIPS_INNER,
+    LIPS_OUTER,
+    FaceSwap,
+    _TrackState,
+    face_triangles,
+)
 
 pytestmark = pytest.mark.data
 
@@ -240,6 +250,30 @@ def test_mouth_mask_keeps_the_real_mouth_when_open(shared_data):
     assert_kept(on, off, f, lips, 2.0)
 
 
+def test_brow_show_lets_the_streamers_brows_through(shared_data, talking):
+    frames, faces = talking
+    f, face = frames[5], faces[5][0]
+    lm = face.landmarks
+    core = np.zeros(f.shape[:2], np.uint8)
+    for loop in (BROW_RIGHT, BROW_LEFT):
+        b = lm[list(loop), :2]
+        c = b.mean(0)
+        cv2.fillPoly(core, [np.round(c + (b - c) * 0.9).astype(np.int32)], 1)
+    core = core.astype(bool)
+    assert core.sum() > 50
+    full = swap(swap_node(shared_data, f.shape[:2], brow_show=1.0, blend="alpha"), f, [face])
+    part = swap(swap_node(shared_data, f.shape[:2], brow_show=0.5, blend="alpha"), f, [face])
+    off = swap(swap_node(shared_data, f.shape[:2], brow_show=0.0, blend="alpha"), f, [face])
+    # fully shown: the brows are the streamer's (nearly: soft edge); off: the avatar paints them
+    assert_kept(full, off, f, core, 6.0)
+    # half shown: in between
+    d = [np.abs(x[core].astype(int) - f[core]).mean() for x in (full, part, off)]
+    assert d[0] < d[1] < d[2], d
+    # away from the brows (the chin) nothing changes
+    chin = (slice(int(lm[152, 1]) - 12, int(lm[152, 1]) - 4), slice(int(lm[152, 0]) - 4, int(lm[152, 0]) + 4))
+    assert np.array_equal(full[chin], off[chin])
+
+
 def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking):
     frames, faces = talking
     f, face = frames[5], faces[5][0]
@@ -336,3 +370,25 @@ def test_seamless_blend_runs_and_differs_only_inside_the_face(shared_data, talki
     x0, y0, x1, y1 = (int(v) for v in fc[0].box)
     assert not diff[: max(y0 - 2, 0)].any() and not diff[y1 + 3:].any()
     assert not diff[:, : max(x0 - 2, 0)].any() and not diff[:, x1 + 3:].any()
+
+
+def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, talking):
+    from nodes.faceswap import MEMBRANE_LIMIT
+
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
+    n = swap_node(shared_data, f.shape[:2], color="none")
+    got = []
+    build = n.mask.lighting_offset
+    n.mask.lighting_offset = lambda *a: got.append(build(*a).copy()) or got[-1]
+    s = swap(n, dark, fc)
+    a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
+    off = got[-1]
+    # the membrane darkens the avatar by more than the old 30-level cap, never past its limit
+    assert off.min() < -40.0 and np.abs(off).max() <= MEMBRANE_LIMIT + 1e-3
+    # so the swapped face's brightness is nearer the dim live face's than the alpha blend's
+    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
+    roi = (slice(y0, y1), slice(x0, x1))
+    live = dark[roi].astype(float).mean()
+    assert abs(s[roi].astype(float).mean() - live) < 0.6 * abs(a[roi].astype(float).mean() - live)
