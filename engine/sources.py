@@ -295,6 +295,25 @@ class DemoSource(Source):
         return True
 
 
+def read_frames(path: str | Path, limit: int | None = None, step: int = 1) -> list[np.ndarray]:
+    """Every ``step``-th frame of a video file (at most ``limit``), as BGR arrays: for tests, tools and
+    evaluations that want a clip in memory."""
+    cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    frames: list[np.ndarray] = []
+    i = 0
+    try:
+        while limit is None or len(frames) < limit:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % step == 0:
+                frames.append(frame)
+            i += 1
+    finally:
+        cap.release()
+    return frames
+
+
 def _check_readable(path: Path) -> None:
     if not path.exists():
         raise SourceError("file not found", Where(path), "check the path")

@@ -31,3 +31,21 @@ def check_frame(a: np.ndarray, name: str = "frame") -> None:
 def check_same(a: np.ndarray, b: np.ndarray, names: str = "src/out") -> None:
     if a.shape != b.shape or a.dtype != b.dtype:
         raise ValueError(f"{names}: shapes/dtypes differ: {a.shape} {a.dtype} vs {b.shape} {b.dtype}")
+
+
+def bilinear_ref(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """numpy reference: bilinear samples of ``img`` (H, W, C) at float pixel coordinates ``sx``, ``sy``
+    (1-D, clamped to the image), as float64 (N, C). The warp kernels' references share it."""
+    h, w = img.shape[:2]
+    sx = np.clip(sx, 0.0, w - 1.0)
+    sy = np.clip(sy, 0.0, h - 1.0)
+    ix = np.minimum(sx.astype(np.int64), max(w - 2, 0))
+    iy = np.minimum(sy.astype(np.int64), max(h - 2, 0))
+    ax = (sx - ix)[:, None]
+    ay = (sy - iy)[:, None]
+    jx = np.minimum(ix + 1, w - 1)
+    jy = np.minimum(iy + 1, h - 1)
+    s = img.astype(np.float64)
+    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
+    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
+    return top + ay * (bot - top)

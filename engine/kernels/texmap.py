@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, check_frame
+from . import JIT, bilinear_ref, check_frame
 
 EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
 
@@ -179,21 +179,6 @@ def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts:
     return out
 
 
-def _bilinear_np(tex: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    th, tw = tex.shape[:2]
-    sx = np.clip(sx, 0.0, tw - 1.0)
-    sy = np.clip(sy, 0.0, th - 1.0)
-    ix = np.minimum(sx.astype(np.int64), max(tw - 2, 0))
-    iy = np.minimum(sy.astype(np.int64), max(th - 2, 0))
-    ax = (sx - ix)[:, None]
-    ay = (sy - iy)[:, None]
-    jx = np.minimum(ix + 1, tw - 1)
-    jy = np.minimum(iy + 1, th - 1)
-    s = tex.astype(np.float64)
-    return ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
-            + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
-
-
 def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
     """numpy reference of the owner map: triangle by triangle over its box, first triangle wins."""
     x0, y0, x1, y1 = _region(region, shape)
@@ -237,7 +222,7 @@ def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None
     fx, fy = (xx + x0).astype(np.float64), (yy + y0).astype(np.float64)
     sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
     sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
-    v = _bilinear_np(tex, sx, sy)
+    v = bilinear_ref(tex, sx, sy)
     if offset is not None:
         v = np.clip(v + offset[yy, xx].astype(np.float64), 0.0, 255.0)
     aa = a[yy, xx][:, None]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, check_frame
+from . import JIT, bilinear_ref, check_frame
 
 EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
 
@@ -205,23 +205,6 @@ def warp_mesh_numba(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, t
     return out
 
 
-def _bilinear_np(src: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
-    h, w = src.shape[:2]
-    sx = np.clip(sx, 0.0, w - 1.0)
-    sy = np.clip(sy, 0.0, h - 1.0)
-    ix = np.minimum(sx.astype(np.int64), max(w - 2, 0))
-    iy = np.minimum(sy.astype(np.int64), max(h - 2, 0))
-    ax = (sx - ix)[:, None]
-    ay = (sy - iy)[:, None]
-    jx = np.minimum(ix + 1, w - 1)
-    jy = np.minimum(iy + 1, h - 1)
-    s = src.astype(np.float64)
-    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
-    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
-    v = top + ay * (bot - top)
-    return np.clip(v + 0.5, 0.0, 255.0).astype(np.uint8)
-
-
 def warp_mesh_ref(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray, out: np.ndarray,
                   region=None, cover: np.ndarray | None = None) -> np.ndarray:
     """numpy reference: triangle by triangle over its bounding box, first triangle wins."""
@@ -258,7 +241,7 @@ def warp_mesh_ref(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tri
         sx = s[0, 0] + l1 * (s[1, 0] - s[0, 0]) + l2 * (s[2, 0] - s[0, 0])
         sy = s[0, 1] + l1 * (s[1, 1] - s[0, 1]) + l2 * (s[2, 1] - s[0, 1])
         py, px = yy.ravel()[inside], xx.ravel()[inside]
-        out[py, px] = _bilinear_np(src, sx, sy)
+        out[py, px] = np.clip(bilinear_ref(src, sx, sy) + 0.5, 0.0, 255.0).astype(np.uint8)
         cov[py, px] = 1
     hole = cov[y0:y1, x0:x1] == 0
     out[y0:y1, x0:x1][hole] = src[y0:y1, x0:x1][hole]

@@ -15,6 +15,7 @@ from engine.errors import UserError
 from engine.node import Avatar, BuildContext
 from engine.preset import loads_preset
 from engine.runtime import Engine
+from engine.sources import read_frames
 from nodes import face_metrics as fmx
 from nodes.evaluate import FaceNormaliser, motion_transfer
 from nodes.face import FaceNode, MeshDetector, detect_landmarks, make_face
@@ -60,25 +61,11 @@ def swap(n: FaceSwap, frame: np.ndarray, faces) -> np.ndarray:
     return out["frame"]
 
 
-def read_clip(path, n, step=1) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames, i = [], 0
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        if i % step == 0:
-            frames.append(f)
-        i += 1
-    cap.release()
-    return frames
-
-
 @pytest.fixture(scope="module")
 def talking(shared_data):
     """Every third of the first 120 frames of woman_expressions (wink, frown, turns, talking) with
     their tracked faces."""
-    frames = read_clip(shared_data / "driving" / "woman_expressions.mp4", 40, step=3)
+    frames = read_frames(shared_data / "driving" / "woman_expressions.mp4", 40, step=3)
     fn = FaceNode("face", FaceNode.validate_params({"max_faces": 1})[0],
                   BuildContext(source_size=frames[0].shape[:2], fps=10.0))
     fn.open()
@@ -217,7 +204,7 @@ def assert_kept(kept, painted, live, where, tol) -> None:
 
 
 def _open_mouth_frame(shared_data):
-    frames = read_clip(shared_data / "driving" / "woman_expressions.mp4", 60, step=5)
+    frames = read_frames(shared_data / "driving" / "woman_expressions.mp4", 60, step=5)
     best = None
     for f in frames:
         found = detect_landmarks(f)

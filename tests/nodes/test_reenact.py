@@ -14,6 +14,7 @@ from engine.graph import build_graph
 from engine.kernels import warp as wk
 from engine.node import Avatar, BuildContext
 from engine.preset import load_preset, loads_preset
+from engine.sources import read_frames
 from nodes import reenact as rk
 from nodes.face import Face, MeshDetector
 
@@ -56,18 +57,7 @@ def no_holes(node: rk.Reenact, out: np.ndarray) -> bool:
 
 
 def clip_frames(path: Path, n: int, step: int = 1) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    i = 0
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        if i % step == 0:
-            frames.append(f)
-        i += 1
-    cap.release()
-    return frames
+    return read_frames(path, n, step)
 
 
 def track(frames: list[np.ndarray]) -> list[np.ndarray | None]:
