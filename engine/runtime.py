@@ -655,7 +655,9 @@ class Engine:
     def state(self, event: str = "state") -> dict:
         return {"event": event, "preset": self.preset.name, "index": self.active + 1, "presets": len(self.presets),
                 "passthrough": self.passthrough, "frozen": self.frozen, "mirror": self.mirror, "hud": self.hud,
-                "fps": round(self.stats.fps, 1), "prepared": len(self.graphs)}
+                "fps": round(self.stats.fps, 1), "prepared": len(self.graphs),
+                # a switch to a preset still being prepared: it shows on the first frame after that
+                "switching_to": None if self._pending_switch is None else self.presets[self._pending_switch].name}
 
     def close(self) -> None:
         with self._prep_cond:

@@ -196,18 +196,26 @@ def cmd_send(args) -> int:
         if t != "CustomEvent" or not isinstance(d, dict):
             return
         st = d.get(protocol.KEY_STATE)
-        if protocol.KEY_ERROR in d or (isinstance(st, dict) and st.get("event") == args.name):
+        if protocol.KEY_ERROR in d or (isinstance(st, dict) and st.get("event") in (args.name, "preset")):
             answers.put(d)
 
     evt.callback = _RawEvents(mine)
     try:
         request(req, "BroadcastCustomEvent", {"eventData": {protocol.KEY_IN: payload}})
+        switching = False
         t_end = time.monotonic() + args.wait
         while time.monotonic() < t_end:
             try:
                 answer = answers.get(timeout=max(0.0, t_end - time.monotonic()))
             except queue.Empty:
                 break
+            st = answer.get(protocol.KEY_STATE)
+            if isinstance(st, dict):
+                if st.get("event") == "preset" and not switching:
+                    continue  # another client's switch
+                if st.get("event") == args.name and st.get("switching_to"):
+                    switching = True  # the preset is still being prepared: wait for the switch itself
+                    continue
             print(json.dumps(answer))
             if protocol.KEY_ERROR in answer:
                 return 2

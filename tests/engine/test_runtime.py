@@ -187,3 +187,24 @@ def test_commands_from_many_threads_all_applied_in_order():
 def test_parse_command_rejects_malformed(payload, msg):
     with pytest.raises(CommandError, match=msg):
         parse_command(payload)
+
+
+def test_switch_to_a_preset_still_preparing_is_reported_then_confirmed():
+    eng = engine_for(["name: A\npipeline:\n  - node: mirror\n", "name: B\npipeline:\n  - {node: color_adjust, gamma: 1}\n"],
+                     live=True, prepare="background")
+    events = []
+    eng.bus.subscribe(events.append)
+    frame = np.zeros((90, 160, 3), np.uint8)
+    out = np.empty_like(frame)
+    assert 1 not in eng.graphs  # B is prepared in steps paced by processed frames: none processed yet
+    eng.apply(make_command("switch_preset", name="B"))
+    answer = events[-1]
+    assert answer["event"] == "switch_preset" and answer["preset"] == "A" and answer["switching_to"] == "B"
+    for _ in range(500):
+        if eng.process(frame, out) == 1:
+            break
+        time.sleep(0.01)
+    assert eng.preset.name == "B"
+    assert eng.state()["switching_to"] is None
+    assert any(e["event"] == "preset" and e["preset"] == "B" for e in events)
+    eng.close()
