@@ -49,3 +49,15 @@ def bilinear_ref(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
     bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
     return top + ay * (bot - top)
+
+
+def tri_pixel_grid(pts: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """numpy reference: (yy, xx) integer grids of the pixels in the bounding box of triangle ``pts``
+    (3, 2), clipped to the region [x0, x1) x [y0, y1); None when nothing is left."""
+    xa = max(int(np.ceil(pts[:, 0].min() - 1e-6)), x0)
+    xb = min(int(np.floor(pts[:, 0].max() + 1e-6)), x1 - 1)
+    ya = max(int(np.ceil(pts[:, 1].min() - 1e-6)), y0)
+    yb = min(int(np.floor(pts[:, 1].max() + 1e-6)), y1 - 1)
+    if xa > xb or ya > yb:
+        return None
+    return np.mgrid[ya:yb + 1, xa:xb + 1]

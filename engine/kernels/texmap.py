@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, bilinear_ref, check_frame
+from . import JIT, bilinear_ref, check_frame, tri_pixel_grid
 
 EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
 
@@ -189,20 +189,17 @@ def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
     for t in range(len(tr)):
         if not ok[t]:
             continue
-        pts = dp[tr[t]]
-        xa = max(int(np.ceil(pts[:, 0].min() - 1e-6)), x0)
-        xb = min(int(np.floor(pts[:, 0].max() + 1e-6)), x1 - 1)
-        ya = max(int(np.ceil(pts[:, 1].min() - 1e-6)), y0)
-        yb = min(int(np.floor(pts[:, 1].max() + 1e-6)), y1 - 1)
-        if xa > xb or ya > yb:
+        grid = tri_pixel_grid(dp[tr[t]], x0, y0, x1, y1)
+        if grid is None:
             continue
-        yy, xx = np.mgrid[ya:yb + 1, xa:xb + 1]
+        yy, xx = grid
         fx, fy = xx.astype(np.float64), yy.astype(np.float64)
         m = bary[t]
         l1 = m[0, 0] * fx + m[0, 1] * fy + m[0, 2]
         l2 = m[1, 0] * fx + m[1, 1] * fy + m[1, 2]
         inside = (l1 >= -EPS) & (l2 >= -EPS) & (1.0 - l1 - l2 >= -EPS)
-        view = owner[ya - y0:yb - y0 + 1, xa - x0:xb - x0 + 1]
+        ya, xa = yy[0, 0], xx[0, 0]
+        view = owner[ya - y0:ya - y0 + yy.shape[0], xa - x0:xa - x0 + xx.shape[1]]
         view[inside & (view < 0)] = t
     return owner
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, bilinear_ref, check_frame
+from . import JIT, bilinear_ref, check_frame, tri_pixel_grid
 
 EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
 
@@ -218,14 +218,10 @@ def warp_mesh_ref(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tri
     for t in range(len(tr)):
         if not ok[t]:
             continue
-        pts = dp[tr[t]]
-        xa = max(int(np.ceil(pts[:, 0].min() - 1e-6)), x0)
-        xb = min(int(np.floor(pts[:, 0].max() + 1e-6)), x1 - 1)
-        ya = max(int(np.ceil(pts[:, 1].min() - 1e-6)), y0)
-        yb = min(int(np.floor(pts[:, 1].max() + 1e-6)), y1 - 1)
-        if xa > xb or ya > yb:
+        grid = tri_pixel_grid(dp[tr[t]], x0, y0, x1, y1)
+        if grid is None:
             continue
-        yy, xx = np.mgrid[ya:yb + 1, xa:xb + 1]
+        yy, xx = grid
         fx = xx.ravel().astype(np.float64)
         fy = yy.ravel().astype(np.float64)
         m = bary[t]
