@@ -89,7 +89,7 @@ def _raster_owner(dst_pts, tris, bary, ok, x0, y0, x1, y1, owner):
 
 
 @nb.njit(**JIT)
-def _blend(src, tex, owner, tmap, alpha, offset, has_offset, x0, y0, out):
+def _blend(src, tex, owner, tmap, alpha, offset, has_offset, gain, has_gain, x0, y0, out):
     rh, rw = owner.shape[0], owner.shape[1]
     th, tw = tex.shape[0], tex.shape[1]
     for r in nb.prange(rh):
@@ -119,8 +119,12 @@ def _blend(src, tex, owner, tmap, alpha, offset, has_offset, x0, y0, out):
             for k in range(3):
                 v = ((1.0 - ax) * (1.0 - ay) * np.float64(tex[iy, ix, k]) + ax * (1.0 - ay) * np.float64(tex[iy, jx, k])
                      + (1.0 - ax) * ay * np.float64(tex[jy, ix, k]) + ax * ay * np.float64(tex[jy, jx, k]))
+                if has_gain:
+                    v *= np.float64(gain[r, c, k])
                 if has_offset:
-                    v = min(max(v + np.float64(offset[r, c, k]), 0.0), 255.0)
+                    v += np.float64(offset[r, c, k])
+                if has_gain or has_offset:
+                    v = min(max(v, 0.0), 255.0)
                 o = np.float64(src[y, x, k]) * (1.0 - a) + v * a
                 out[y, x, k] = np.uint8(min(max(o + 0.5, 0.0), 255.0))
 
@@ -151,11 +155,11 @@ _NO_OFFSET = np.zeros((1, 1, 3), np.float32)
 
 def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray,
                  alpha: np.ndarray, region, out: np.ndarray, state: TexMap | None = None,
-                 offset: np.ndarray | None = None) -> np.ndarray:
+                 offset: np.ndarray | None = None, gain: np.ndarray | None = None) -> np.ndarray:
     """Map ``tex`` through the mesh into ``out`` inside ``region``, blended over ``src`` with ``alpha``
-    (shape of the region after clipping to the frame). ``src`` may be ``out``. ``offset`` (region
-    shape, 3) float32, when given, is added to the texture colour before the blend (clamped to
-    0..255): a low-frequency lighting correction."""
+    (shape of the region after clipping to the frame). ``src`` may be ``out``. ``gain`` and ``offset``
+    (region shape, 3) float32, when given, turn the texture colour v into v * gain + offset before
+    the blend (clamped to 0..255): a low-frequency lighting correction."""
     check_frame(src, "src")
     check_frame(out, "out")
     check_frame(tex, "tex")
@@ -172,10 +176,12 @@ def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts:
     bary, tmap, ok = mesh_affines(tex_pts, dp, tr)
     owner = state.owner_view(y1 - y0, x1 - x0)
     _raster_owner(dp, tr, bary, ok, x0, y0, x1, y1, owner)
-    if offset is not None and offset.shape != (y1 - y0, x1 - x0, 3):
-        raise ValueError(f"offset: expected ({y1 - y0}, {x1 - x0}, 3), got {offset.shape}")
+    for name, f in (("offset", offset), ("gain", gain)):
+        if f is not None and f.shape != (y1 - y0, x1 - x0, 3):
+            raise ValueError(f"{name}: expected ({y1 - y0}, {x1 - x0}, 3), got {f.shape}")
     off = _NO_OFFSET if offset is None else np.asarray(offset, np.float32)
-    _blend(src, tex, owner, tmap, alpha, off, offset is not None, x0, y0, out)
+    gn = _NO_OFFSET if gain is None else np.asarray(gain, np.float32)
+    _blend(src, tex, owner, tmap, alpha, off, offset is not None, gn, gain is not None, x0, y0, out)
     return out
 
 
@@ -204,7 +210,7 @@ def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
     return owner
 
 
-def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None) -> np.ndarray:
+def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None, gain=None) -> np.ndarray:
     """numpy reference of ``texmap_numba`` (same maths, float64)."""
     x0, y0, x1, y1 = _region(region, src.shape[:2])
     if x1 <= x0 or y1 <= y0:
@@ -220,8 +226,12 @@ def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None
     sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
     sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
     v = bilinear_ref(tex, sx, sy)
+    if gain is not None:
+        v = v * gain[yy, xx].astype(np.float64)
     if offset is not None:
-        v = np.clip(v + offset[yy, xx].astype(np.float64), 0.0, 255.0)
+        v = v + offset[yy, xx].astype(np.float64)
+    if gain is not None or offset is not None:
+        v = np.clip(v, 0.0, 255.0)
     aa = a[yy, xx][:, None]
     res[yy, xx] = s[yy, xx] * (1.0 - aa) + v * aa
     out[y0:y1, x0:x1] = np.where((owner >= 0)[..., None] & (a > 0)[..., None],
@@ -229,7 +239,8 @@ def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None
     return out
 
 
-def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chunk: int = 128, offset=None):
+def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chunk: int = 128, offset=None,
+                 gain=None):
     """torch version (any device): ``src``/``out`` (H, W, 3) uint8 tensors, ``tex`` (th, tw, 3) uint8
     tensor, ``alpha`` region-sized float32 tensor; points and triangles as numpy. Triangles are
     rasterised in chunks; each pixel keeps its lowest covering triangle index (scatter_reduce amin),
@@ -295,8 +306,12 @@ def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chun
     s = tex.double()
     v = ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
          + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+    if gain is not None:
+        v = v * gain.to(dev).reshape(-1, 3)[pix].double()
     if offset is not None:
-        v = (v + offset.to(dev).reshape(-1, 3)[pix].double()).clamp(0.0, 255.0)
+        v = v + offset.to(dev).reshape(-1, 3)[pix].double()
+    if gain is not None or offset is not None:
+        v = v.clamp(0.0, 255.0)
     oyi = pix // rw + y0
     oxi = pix % rw + x0
     a = a_flat[pix][:, None]

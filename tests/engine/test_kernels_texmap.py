@@ -22,7 +22,7 @@ def _grid_mesh(n: int, size: float, jitter: float, rng) -> tuple[np.ndarray, np.
     return pts, np.array(tris, np.int32)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_numba_reference_torch_agree(seed):
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(seed)
@@ -35,14 +35,16 @@ def test_numba_reference_torch_agree(seed):
     src = rng.integers(0, 256, (80, 100, 3), dtype=np.uint8)
     region = (5, 3, 97, 78)
     alpha = rng.uniform(-0.2, 1.2, (75, 92)).astype(np.float32)
-    offset = rng.uniform(-60, 60, (75, 92, 3)).astype(np.float32) if seed else None
+    offset = rng.uniform(-60, 60, (75, 92, 3)).astype(np.float32) if seed in (1, 3) else None
+    gain = rng.uniform(0.3, 3.0, (75, 92, 3)).astype(np.float32) if seed >= 2 else None  # v * gain + offset
     out_nb = np.full_like(src, 7)
-    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb, offset=offset)
+    k.texmap_numba(src, tex, tex_pts, dst_pts, tris, alpha, region, out_nb, offset=offset, gain=gain)
     out_ref = np.full_like(src, 7)
-    k.texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out_ref, offset=offset)
+    k.texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out_ref, offset=offset, gain=gain)
     out_t = torch.full(src.shape, 7, dtype=torch.uint8)
     k.texmap_torch(torch.from_numpy(src), torch.from_numpy(tex), tex_pts, dst_pts, tris, torch.from_numpy(alpha),
-                   region, out_t, offset=None if offset is None else torch.from_numpy(offset))
+                   region, out_t, offset=None if offset is None else torch.from_numpy(offset),
+                   gain=None if gain is None else torch.from_numpy(gain))
     assert np.abs(out_nb.astype(int) - out_ref).max() <= 1
     assert np.abs(out_nb.astype(int) - out_t.numpy()).max() <= 1
     # outside the region: untouched
