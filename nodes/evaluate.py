@@ -224,6 +224,11 @@ class FaceNormaliser:
         self.region = region.astype(bool)
         self._crop = np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)
         self._ones = np.ones((ALIGN_SIZE, ALIGN_SIZE), np.float32)
+        # the avatar's mirror image in its own geometry: what a swap shows when it draws the avatar
+        # flipped to face the way the streamer turns (a mirrored face is the same face)
+        from .face_model import canonical
+
+        self.avatar_mirrored = self(avatar_image, np.asarray(avatar_lm, np.float64)[canonical()[1]], mirrored=True)
 
     @staticmethod
     def _bandpass(bgr: np.ndarray) -> np.ndarray:
@@ -231,11 +236,15 @@ class FaceNormaliser:
         lum = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)[..., 0]
         return lum - cv2.GaussianBlur(lum, (0, 0), 10.0)
 
-    def __call__(self, image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, lm: np.ndarray, mirrored: bool = False) -> np.ndarray:
+        """``image`` with its face's landmarks ``lm`` mapped into the avatar's geometry, band-passed.
+        ``mirrored``: ``lm`` are left-right twins (a mirror image), so the visible triangles turn the
+        other way round."""
         lm2 = np.asarray(lm, np.float64)[:, :2]
         from .faceswap import _signed_area
 
-        tris = self.tris[_signed_area(lm2[self.tris]) > 0]
+        area = _signed_area(lm2[self.tris])
+        tris = self.tris[area < 0 if mirrored else area > 0]
         self._crop[:] = 0
         self._tk.texmap_numba(self._crop, np.ascontiguousarray(image), lm2, self.ref, tris, self._ones,
                               (0, 0, ALIGN_SIZE, ALIGN_SIZE), self._crop)
@@ -265,6 +274,7 @@ class Identity(Measure):
     def start(self, run: RunInfo) -> None:
         super().start(run)
         self.to_avatar: list[float] = []
+        self.to_mirrored: list[float] = []
         self.to_original: list[float] = []
         self.norm = None
         if run.avatar_image is not None and run.avatar_landmarks is not None:
@@ -275,10 +285,14 @@ class Identity(Measure):
             return
         o = self.norm(output, output_lm)
         self.to_avatar.append(self.norm.distance(o, self.norm.avatar))
+        self.to_mirrored.append(self.norm.distance(o, self.norm.avatar_mirrored))
         self.to_original.append(self.norm.distance(o, self.norm(driver, driver_lm)))
 
     def finish(self) -> dict[str, float]:
-        da = float(np.nanmean(self.to_avatar)) if self.to_avatar else float("nan")
+        # the avatar as it is, or its mirror image, whichever the whole clip is nearer to (one choice
+        # per clip, not per frame: no picking the luckier of two noisy distances frame by frame)
+        da = min(float(np.nanmean(self.to_avatar)), float(np.nanmean(self.to_mirrored))) if self.to_avatar \
+            else float("nan")
         do = float(np.nanmean(self.to_original)) if self.to_original else float("nan")
         return {"id_to_avatar": da, "id_to_original": do, "id_margin": do - da}
 

@@ -16,7 +16,9 @@ Per chosen face, per frame, working only inside the face's box:
   4. the texture is mapped through mediapipe's dense face mesh (852 triangles, nearest first,
      back-facing ones skipped) onto the live landmarks and blended (``engine.kernels.texmap``: numba
      on the CPU, torch on CUDA); ``blend: seamless`` (default) adds a gradient-domain step: the
-     live shading along the mask's edge spread over the face as a smooth membrane.
+     live shading along the mask's edge spread over the face as a smooth membrane; ``blend: relight``
+     keeps the avatar's features at full contrast and gives them the live face's light: per pixel
+     v * gain + offset, both low-frequency fields from the live and the warped avatar skin.
 
 The mesh has no triangles over the eye openings or between the lips, so the streamer's own eyes and
 mouth interior always show through: avatar lips are never stretched over an open mouth.
@@ -63,6 +65,11 @@ DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detai
 # the seamless blend's membrane corrects lighting by at most this much per channel (0..255): enough for a
 # soft-focus, unevenly lit room (30 left a visible edge there), not enough to repaint the avatar's features
 MEMBRANE_LIMIT = 80.0
+# relight blend: the live light is the skin blurred by this many face widths (wider: only broad light
+# moves; narrower: the live face's own features start to show through); its gain at most RELIGHT_GAIN
+RELIGHT_SIGMA = 0.15
+RELIGHT_GAIN = 2.0
+FLIP_MIN_YAW = 20.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
@@ -252,6 +259,14 @@ class Shot:
         self.tex_pts = np.ascontiguousarray(np.vstack([self.landmarks[:, :2], self.landmarks[self.mirror, :2]]),
                                             np.float64)
         self.tri_offset = np.where(self.use_mirror, n, 0).astype(np.int32)
+        # the shot flipped left-right (a three-quarter avatar facing the other way): each triangle takes
+        # its mirror twin's pixels, unless the twin is the foreshortened one, where it keeps its own
+        tl = self.landmarks[:, :2].astype(np.float64)
+        tris = face_triangles()
+        vis = np.maximum(_signed_area(tl[tris]), 0.0)
+        vis_m = np.maximum(-_signed_area(tl[self.mirror[tris]]), 0.0)
+        self.tri_offset_flipped = np.where(vis_m < 0.05 * vis, 0, n).astype(np.int32)
+        self.flippable = abs(float(self.pose[0])) >= FLIP_MIN_YAW
         self.recoloured = self.texture.copy()
         self._tmp = np.empty(self.lab.shape, np.float32)
         self._bgr = np.empty(self.lab.shape, np.float32)
@@ -280,10 +295,14 @@ class Shot:
             self._key = None
             self.texture, self.lab = self.levels[want][1], self.levels[want][2]
 
-    def recolour(self, live: np.ndarray, amount: float) -> np.ndarray:
+    def recolour(self, live: np.ndarray, amount: float, keep_contrast: bool = False) -> np.ndarray:
         """The texture with its skin's LAB median/spread moved to ``live`` (2, 3) by ``amount`` (0..1).
-        Recomputed only when the target moved by more than 0.3 LAB units (invisible) since the last time."""
-        key = np.append(live.ravel(), amount).astype(np.float32)
+        Recomputed only when the target moved by more than 0.3 LAB units (invisible) since the last time.
+        ``keep_contrast`` (the relight blend, whose gain carries the live light): the lightness is only
+        shifted, and the chroma plane is turned and scaled about neutral grey so the avatar's skin gets
+        the live skin's hue and colourfulness while greys stay grey and a brown brow stays a darker,
+        less colourful version of the skin (an additive shift turns it purple or green)."""
+        key = np.append(live.ravel(), (amount, keep_contrast)).astype(np.float32)
         if self._key is not None and np.abs(key - self._key).max() < 0.3:
             return self.recoloured
         self._key = key
@@ -291,18 +310,28 @@ class Shot:
             np.copyto(self.recoloured, self.texture)
             return self.recoloured
         mu_a, sd_a = self.stats
-        # spreads: lightness contrast follows the live face within limits; chroma spread barely moves
-        # (scaling a/b by a large factor turns an avatar's brown shadows purple)
-        ratio = np.clip(live[1] / sd_a, (0.6, 0.8, 0.8), (1.6, 1.25, 1.25)).astype(np.float32)
-        ratio = 1.0 + (ratio - 1.0) * amount
-        shift = ((live[0] - mu_a) * amount + mu_a).astype(np.float32)
-        np.subtract(self.lab, mu_a, out=self._tmp)
-        np.multiply(self._tmp, ratio, out=self._tmp)
-        # chroma moves fully on lit skin, less in the avatar's dark shadows and hair (a full shift turns
-        # a brown shadow purple or green)
-        k = np.clip(self.lab[..., :1] / max(float(mu_a[0]), 1.0), 0.0, 1.0)
-        self._tmp[..., 1:] += (shift[1:] - mu_a[1:]) * (k - 1.0)
-        np.add(self._tmp, shift, out=self._tmp)
+        if keep_contrast:
+            self._tmp[..., 0] = self.lab[..., 0] + np.float32((live[0, 0] - mu_a[0]) * amount)
+            za, zl = complex(mu_a[1], mu_a[2]), complex(live[0, 1], live[0, 2])
+            turn = (math.atan2(zl.imag, zl.real) - math.atan2(za.imag, za.real) + math.pi) % (2 * math.pi) - math.pi
+            scale = math.exp(amount * math.log(min(max(abs(zl) / max(abs(za), 1.0), 0.5), 2.0)))
+            c, s = scale * math.cos(turn * amount), scale * math.sin(turn * amount)
+            a, b = self.lab[..., 1], self.lab[..., 2]
+            self._tmp[..., 1] = a * np.float32(c) - b * np.float32(s)
+            self._tmp[..., 2] = a * np.float32(s) + b * np.float32(c)
+        else:
+            # spreads: lightness contrast follows the live face within limits; chroma spread barely moves
+            # (scaling a/b by a large factor turns an avatar's brown shadows purple)
+            ratio = np.clip(live[1] / sd_a, (0.6, 0.8, 0.8), (1.6, 1.25, 1.25)).astype(np.float32)
+            ratio = 1.0 + (ratio - 1.0) * amount
+            shift = ((live[0] - mu_a) * amount + mu_a).astype(np.float32)
+            np.subtract(self.lab, mu_a, out=self._tmp)
+            np.multiply(self._tmp, ratio, out=self._tmp)
+            # chroma moves fully on lit skin, less in the avatar's dark shadows and hair (a full shift turns
+            # a brown shadow purple or green)
+            k = np.clip(self.lab[..., :1] / max(float(mu_a[0]), 1.0), 0.0, 1.0)
+            self._tmp[..., 1:] += (shift[1:] - mu_a[1:]) * (k - 1.0)
+            np.add(self._tmp, shift, out=self._tmp)
         cv2.cvtColor(self._tmp, cv2.COLOR_LAB2BGR, dst=self._bgr)
         cv2.convertScaleAbs(self._bgr, dst=self.recoloured, alpha=255.0)
         return self.recoloured
@@ -337,6 +366,7 @@ class SwapMask:
     def __init__(self):
         self._alpha = np.empty(0, np.float32)
         self._offset = np.empty(0, np.float32)
+        self._gain = np.empty(0, np.float32)
         self._warped = np.empty((0, 0, 3), np.uint8)
         self._small_map = tk.TexMap()
 
@@ -387,19 +417,20 @@ class SwapMask:
         if self._alpha.size < bw * bh:
             self._alpha = np.empty(int(bw * bh * 1.5), np.float32)
             self._offset = np.empty(int(bw * bh * 1.5) * 3, np.float32)
+            self._gain = np.empty(int(bw * bh * 1.5) * 3, np.float32)
         alpha = self._alpha[: bw * bh].reshape(bh, bw)
         cv2.resize(a, (bw, bh), dst=alpha, interpolation=cv2.INTER_LINEAR)
         self.small_alpha, self.outer, self.pts, self.fw = a, outer, pts, fw
         return alpha, small, region
 
-    def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box) -> np.ndarray:
-        """The seamless blend's correction (bh, bw, 3) float32: the difference (live - warped avatar)
+    def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box,
+                        skin: np.ndarray, relight: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """(offset, gain) for the texture map (see ``_relight`` for ``relight``). The seamless blend's
+        correction is an offset (bh, bw, 3) float32 alone (gain None): the difference (live - warped avatar)
         along the mask's soft edge, spread smoothly over the face by a normalised Gaussian (a smooth
         membrane, as a Poisson blend solves for) and added to the avatar, so its shading and the live
         face's meet without a step at the edge while the inside keeps the avatar's features. A linear
         filter of the current frame: as stable over time as the frame itself."""
-        x0, y0, x1, y1 = box
-        bw, bh = x1 - x0, y1 - y0
         mh, mw = small.shape[:2]
         if self._warped.shape != small.shape:
             self._warped = np.empty_like(small)
@@ -407,20 +438,55 @@ class SwapMask:
         dst2 = np.vstack([self.pts, self.pts])
         tk.texmap_numba(small, tex, shot.tex_pts, dst2, tris, self._ones, (0, 0, mw, mh), self._warped,
                         self._small_map)
+        covered = self._small_map.owner >= 0
+        if relight:
+            return self._relight(small, covered & skin, box)
         # the membrane is pinned on the mask's soft edge only (where avatar and live meet), then
         # spread smoothly inwards: the inside keeps the avatar's own features
-        ring = (self._small_map.owner >= 0) & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
+        ring = covered & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
         support = ring.astype(np.float32)
-        diff = (small.astype(np.float32) - self._warped.astype(np.float32)) * support[..., None]
-        # the membrane is smooth: spread it at a quarter of the mask's resolution (cheap wide blur)
-        q = (max(2, small.shape[1] // 4), max(2, small.shape[0] // 4))
-        sigma = max(0.15 * self.fw / 4.0, 0.5)
-        num = cv2.GaussianBlur(cv2.resize(diff, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
+        live_low, avatar_low = self._lowpass(small, support, 4, 0.15)
+        corr = np.clip(live_low - avatar_low, -MEMBRANE_LIMIT, MEMBRANE_LIMIT)
+        return self._upsample(corr, self._offset, box), None
+
+    def _lowpass(self, small: np.ndarray, support: np.ndarray, d: int, sigma_fw: float):
+        """The live crop and the warped avatar blurred the same way over ``support`` (a normalised
+        Gaussian of ``sigma_fw`` face widths, computed at 1/``d`` of the mask's resolution)."""
+        q = (max(2, small.shape[1] // d), max(2, small.shape[0] // d))
+        sigma = max(sigma_fw * self.fw / d, 0.5)
         den = cv2.GaussianBlur(cv2.resize(support, q, interpolation=cv2.INTER_AREA), (0, 0), sigma)
-        corr = np.clip(num / np.maximum(den, 1e-3)[..., None], -MEMBRANE_LIMIT, MEMBRANE_LIMIT)
-        offset = self._offset[: bw * bh * 3].reshape(bh, bw, 3)
-        cv2.resize(corr, (bw, bh), dst=offset, interpolation=cv2.INTER_LINEAR)
-        return offset
+        den = np.maximum(den, 1e-3)[..., None]
+        out = []
+        for img in (small, self._warped):
+            x = img.astype(np.float32) * support[..., None]
+            out.append(cv2.GaussianBlur(cv2.resize(x, q, interpolation=cv2.INTER_AREA), (0, 0), sigma) / den)
+        return out
+
+    @staticmethod
+    def _upsample(field_small: np.ndarray, buf: np.ndarray, box) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        dst = buf[: bw * bh * 3].reshape(bh, bw, 3)
+        cv2.resize(field_small, (bw, bh), dst=dst, interpolation=cv2.INTER_LINEAR)
+        return dst
+
+    def _relight(self, small: np.ndarray, covered: np.ndarray, box):
+        """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
+        features on top. Per channel, with L and A the live and warped-avatar crops blurred alike over
+        the skin the mesh covers (eyes, brows and lips left out, so the live face's own features do
+        not show through), the avatar colour v becomes v * g + (L - g * A) with g = L / A (limited to
+        1/RELIGHT_GAIN..RELIGHT_GAIN): exactly L where the avatar is flat, and the avatar's detail
+        scaled into the live light (a dark painted shadow or a three-quarter avatar's shaded cheek
+        takes the live face's light instead). Linear in the current frame."""
+        live_low, avatar_low = self._lowpass(small, covered.astype(np.float32), 2, RELIGHT_SIGMA)
+        g = np.clip(live_low / np.maximum(avatar_low, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)
+        # towards the mask's soft edge the avatar's features fade faster than the mask itself (while the
+        # live face's fade with the mask): the edge carries less detail than either face, never a seam
+        w = cv2.resize(self.outer, live_low.shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
+        w *= np.float32(1.0 / 255.0)
+        g *= (w * w)[..., None]
+        off = live_low - g * avatar_low
+        return self._upsample(off, self._offset, box), self._upsample(g, self._gain, box)
 
 
 def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, fw: float) -> np.ndarray:
@@ -448,6 +514,7 @@ class _TrackState:
     stats: np.ndarray | None = None  # smoothed live skin LAB statistics
     detail: float | None = None  # smoothed live face detail (``detail``)
     shot: int = 0
+    flip: bool = False  # the shot is drawn flipped left-right (it faces the way the live head turns)
     fade: float = 0.0  # fades in when a face appears
     seen: int = 0  # frame counter of the last update
 
@@ -481,8 +548,11 @@ class FaceSwap(Node):
               "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
         Param("blend", "choice", "seamless", "seamless: a gradient-domain step on top of the feathered mask: the "
               "live face's shading along the mask's edge spreads smoothly over the avatar (no step at the edge "
-              "when avatar and room light differ); alpha: the feathered mask blend alone (faster)",
-              choices=("seamless", "alpha")),
+              "when avatar and room light differ); relight: the live face's own light and skin colour "
+              "everywhere with the avatar's features on top at their full contrast (the avatar reads "
+              "most clearly; shows more of the tracker's jitter); alpha: the feathered mask blend alone "
+              "(faster)",
+              choices=("seamless", "relight", "alpha")),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
         Param("brow_show", "float", 0.0, "how much the streamer's own brows show through the avatar's "
@@ -576,13 +646,21 @@ class FaceSwap(Node):
         return w * p["strength"]
 
     def _pick_shot(self, st: _TrackState, face) -> int:
-        if len(self.shots) == 1:
-            return 0
+        """The shot (and whether flipped) whose pose is nearest the live head's, with 5 degrees of
+        hysteresis (10 to flip). A shot turned by at least FLIP_MIN_YAW also counts flipped, at the mirrored yaw:
+        a three-quarter portrait turned the other way from the streamer is drawn facing their way
+        (instead of painting its hidden side from a few foreshortened pixels)."""
         pose = np.array([face.yaw, face.pitch])
-        d = [float(np.linalg.norm(pose - s.pose)) for s in self.shots]
-        best = int(np.argmin(d))
-        if best != st.shot and d[best] < d[st.shot] - 5.0:  # hysteresis: no flipping between two shots
-            st.shot = best
+        cands = [(i, False, s.pose) for i, s in enumerate(self.shots)]
+        cands += [(i, True, s.pose * (-1.0, 1.0)) for i, s in enumerate(self.shots) if s.flippable]
+        if len(cands) == 1:
+            return 0
+        d = {(i, f): float(np.linalg.norm(pose - p)) for i, f, p in cands}
+        best = min(d, key=d.get)
+        cur = (st.shot, st.flip)
+        margin = 10.0 if best[1] != cur[1] else 5.0  # hysteresis, degrees: a flip is the more visible change
+        if best != cur and (st.stats is None or cur not in d or d[best] < d[cur] - margin):
+            st.shot, st.flip = best
         return st.shot
 
     def _swap(self, face, frame: np.ndarray, dst: np.ndarray) -> None:
@@ -623,7 +701,7 @@ class FaceSwap(Node):
             d = detail(small, region, face_w * small.shape[1] / (x1 - x0))
             st.detail = d if st.detail is None else st.detail + (d - st.detail) * k
             shot.choose_level(st.detail)
-        tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0)
+        tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0, p["blend"] == "relight")
         # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
         # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
         tri = self.tris
@@ -632,26 +710,30 @@ class FaceSwap(Node):
         # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
         depth = self._tri_centres[use] @ np.asarray(face.rotation, np.float64)[2]
         order = use[np.argsort(depth, kind="stable")]
-        tris = tri[order] + shot.tri_offset[order, None]
+        tris = tri[order] + (shot.tri_offset_flipped if st.flip else shot.tri_offset)[order, None]
         n = len(lm2)
         if self._dst2.shape[0] != 2 * n:
             self._dst2 = np.empty((2 * n, 2), np.float64)
         self._dst2[:n] = lm2
         self._dst2[n:] = lm2
         box = (x0, y0, x1, y1)
-        offset = self.mask.lighting_offset(small, tex, shot, tris, box) if p["blend"] == "seamless" else None
+        offset = gain = None
+        if p["blend"] != "alpha":
+            offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),
+                                                    relight=p["blend"] == "relight")
         if self._torch is not None:
-            self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset)
+            self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset, gain)
         else:
-            tk.texmap_numba(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, dst, self.texmap, offset)
+            tk.texmap_numba(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, dst, self.texmap, offset, gain)
 
-    def _swap_torch(self, dst, tex, tex_pts, lm2, tris, alpha, box, offset) -> None:
+    def _swap_torch(self, dst, tex, tex_pts, lm2, tris, alpha, box, offset, gain) -> None:
         torch = self._torch
         x0, y0, x1, y1 = box
         roi = torch.from_numpy(np.ascontiguousarray(dst[y0:y1, x0:x1])).to(self._dev)
         res = tk.texmap_torch(roi, torch.from_numpy(tex).to(self._dev), tex_pts, lm2 - (x0, y0), tris,
                               torch.from_numpy(alpha).to(self._dev), (0, 0, x1 - x0, y1 - y0), roi,
-                              offset=None if offset is None else torch.from_numpy(offset))
+                              offset=None if offset is None else torch.from_numpy(offset),
+                              gain=None if gain is None else torch.from_numpy(gain))
         dst[y0:y1, x0:x1] = res.cpu().numpy()
 
 

@@ -368,7 +368,7 @@ def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, ta
     n = swap_node(shared_data, f.shape[:2], color="none")
     got = []
     build = n.mask.lighting_offset
-    n.mask.lighting_offset = lambda *a: got.append(build(*a).copy()) or got[-1]
+    n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)[0].copy()) or (got[-1], None)
     s = swap(n, dark, fc)
     a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
     off = got[-1]
@@ -379,3 +379,93 @@ def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, ta
     roi = (slice(y0, y1), slice(x0, x1))
     live = dark[roi].astype(float).mean()
     assert abs(s[roi].astype(float).mean() - live) < 0.6 * abs(a[roi].astype(float).mean() - live)
+
+
+def _bandpass_std(img: np.ndarray, box) -> float:
+    x0, y0, x1, y1 = (int(v) for v in box)
+    g = cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY).astype(np.float32)
+    w = x1 - x0
+    band = g - cv2.GaussianBlur(g, (0, 0), 0.08 * w)
+    inner = band[int(0.25 * band.shape[0]):int(0.8 * band.shape[0]), int(0.2 * w):int(0.8 * w)]
+    return float(inner.std())
+
+
+def test_relight_takes_the_live_light_and_keeps_the_avatars_features(shared_data, talking):
+    from nodes.faceswap import RELIGHT_GAIN
+
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
+    n = swap_node(shared_data, f.shape[:2], color="none", blend="relight")
+    got = []
+    build = n.mask.lighting_offset
+    n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)) or got[-1]
+    r = swap(n, dark, fc)
+    a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
+    off, gain = got[-1]
+    assert gain is not None and gain.shape == off.shape
+    assert gain.min() >= 0.0 and gain.max() <= RELIGHT_GAIN + 1e-4 and gain.min() < 0.6  # a dim room: darkened
+    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
+    roi = (slice(y0, y1), slice(x0, x1))
+    live = dark[roi].astype(float).mean()
+    assert abs(r[roi].astype(float).mean() - live) < 0.3 * abs(a[roi].astype(float).mean() - live)
+    # on the live frame, the avatar's features keep more of their contrast than with the seamless blend
+    box = fc[0].box
+    rl = swap(swap_node(shared_data, f.shape[:2], blend="relight"), f, fc)
+    sm = swap(swap_node(shared_data, f.shape[:2], blend="seamless"), f, fc)
+    assert _bandpass_std(rl, box) > 1.08 * _bandpass_std(sm, box)  # 1.13 measured; the live eyes are shared
+
+
+def test_relight_recolour_turns_chroma_about_grey():
+    from nodes.faceswap import Shot
+
+    lab = np.zeros((8, 8, 3), np.float32)
+    lab[..., 0] = 60.0
+    lab[:4, :, 1:] = (10.0, 30.0)  # yellowish skin
+    lab[4:, :, 1:] = 0.0  # neutral grey
+    bgr = (cv2.cvtColor(lab, cv2.COLOR_LAB2BGR) * 255).round().astype(np.uint8)
+    lab = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    lm = np.zeros((478, 3), np.float32)
+    lm[:, 0] = np.linspace(0, 7, 478)
+    lm[:, 1] = np.linspace(0, 7, 478)[::-1]
+    stats = np.array([lab[:4].reshape(-1, 3).mean(0), [5.0, 5.0, 5.0]], np.float32)
+    shot = Shot("t", bgr, lm, np.zeros(2, np.float32), np.ones(852, bool), np.zeros(852, bool),
+                np.arange(478, dtype=np.int32), lab, stats)
+    live = np.array([[70.0, 15.0, 10.0], [5.0, 5.0, 5.0]], np.float32)  # pinker, lighter skin
+    out = cv2.cvtColor(shot.recolour(live, 1.0, keep_contrast=True).astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+    assert np.abs(out[:4].reshape(-1, 3).mean(0) - live[0]).max() < 2.0  # the skin lands on the live skin
+    assert np.abs(out[4:, :, 1:]).max() < 1.5  # grey stays grey
+    assert abs(out[4:, :, 0].mean() - 70.0) < 2.0  # lightness only shifted (+10)
+
+
+def test_a_three_quarter_avatar_is_flipped_to_face_the_way_the_head_turns(shared_data, talking):
+    from nodes.faceswap import FLIP_MIN_YAW
+
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2], avatars=("pearl_earring.jpg", "painted_child.jpg"))
+    pearl, child = n.shots
+    assert pearl.flippable and abs(pearl.pose[0]) >= FLIP_MIN_YAW and not child.flippable
+    yaw = float(pearl.pose[0])  # pearl turns this way; the flipped pearl the other way
+    face = faces[0][0]
+    st = _TrackState()
+    assert n._pick_shot(st, replace(face, yaw=0.0, pitch=0.0)) == 1 and not st.flip  # frontal: the child
+    st = _TrackState()
+    assert n._pick_shot(st, replace(face, yaw=yaw, pitch=float(pearl.pose[1]))) == 0 and not st.flip
+    st.stats = np.zeros((2, 3), np.float32)  # seen before: hysteresis applies from now on
+    assert n._pick_shot(st, replace(face, yaw=-yaw, pitch=float(pearl.pose[1]))) == 0 and st.flip
+    # the flipped shot draws nearly every triangle from its mirror twin, the unflipped one few
+    assert (pearl.tri_offset_flipped > 0).mean() > 0.8 and (pearl.tri_offset > 0).mean() < 0.5
+    # and a swap with it runs
+    o = swap(n, frames[0], [replace(face, yaw=-yaw)])
+    assert np.abs(o.astype(int) - frames[0]).mean() > 1.0
+
+
+def test_identity_reference_mirrored_avatar_matches_a_mirrored_image(shared_data):
+    img = cv2.imread(str(shared_data / "avatars" / "pearl_earring.jpg"))
+    norm = FaceNormaliser(img, detect_landmarks(img)[0])
+    flipped = np.ascontiguousarray(img[:, ::-1])
+    lm_f = detect_landmarks(flipped)[0]
+    # the flipped photo, mapped into the avatar's geometry, is near the mirrored reference, far from the
+    # unmirrored one
+    nf = norm(flipped, lm_f)
+    assert norm.distance(nf, norm.avatar_mirrored) < 0.5 * norm.distance(nf, norm.avatar)
