@@ -70,6 +70,7 @@ MEMBRANE_LIMIT = 80.0
 RELIGHT_SIGMA = 0.15
 RELIGHT_GAIN = 2.0
 FLIP_MIN_YAW = 20.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
+XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of flip crossfades over this long
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
@@ -515,6 +516,8 @@ class _TrackState:
     detail: float | None = None  # smoothed live face detail (``detail``)
     shot: int = 0
     flip: bool = False  # the shot is drawn flipped left-right (it faces the way the live head turns)
+    prev: tuple[int, bool] | None = None  # the shot (and flip) being crossfaded out
+    xfade: float = 1.0  # 0..1 through the crossfade from ``prev`` to the current shot
     fade: float = 0.0  # fades in when a face appears
     seen: int = 0  # frame counter of the last update
 
@@ -594,6 +597,7 @@ class FaceSwap(Node):
         self.chosen: int | None = None
         self._frame = 0
         self._dst2 = np.empty((0, 2), np.float64)
+        self._xfade_alpha = np.empty(0, np.float32)
         self._torch = None
         if self.ctx.device == "cuda":
             import torch
@@ -660,6 +664,8 @@ class FaceSwap(Node):
         cur = (st.shot, st.flip)
         margin = 10.0 if best[1] != cur[1] else 5.0  # hysteresis, degrees: a flip is the more visible change
         if best != cur and (st.stats is None or cur not in d or d[best] < d[cur] - margin):
+            if st.stats is not None:  # a change while the face is on screen: crossfade, no pop
+                st.prev, st.xfade = cur, 0.0
             st.shot, st.flip = best
         return st.shot
 
@@ -685,7 +691,7 @@ class FaceSwap(Node):
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if weight <= 1e-3 or x1 - x0 < 4 or y1 - y0 < 4:
             return
-        shot = self.shots[self._pick_shot(st, face)]
+        self._pick_shot(st, face)
         mo = float(fmx.mouth_open(lm))
         t = p["mouth_threshold"]
         mouth_w = float(smoothstep((mo - t / 3.0) / (t - t / 3.0))) if p["mouth_mask"] else 0.0
@@ -700,23 +706,39 @@ class FaceSwap(Node):
         if p["match_sharpness"]:
             d = detail(small, region, face_w * small.shape[1] / (x1 - x0))
             st.detail = d if st.detail is None else st.detail + (d - st.detail) * k
-            shot.choose_level(st.detail)
-        tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0, p["blend"] == "relight")
-        # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
-        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
-        tri = self.tris
-        use = np.nonzero(shot.shown)[0]
-        # depth from the smoothed head rotation and the canonical face, not from the landmarks' own noisy
-        # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
-        depth = self._tri_centres[use] @ np.asarray(face.rotation, np.float64)[2]
-        order = use[np.argsort(depth, kind="stable")]
-        tris = tri[order] + (shot.tri_offset_flipped if st.flip else shot.tri_offset)[order, None]
         n = len(lm2)
         if self._dst2.shape[0] != 2 * n:
             self._dst2 = np.empty((2 * n, 2), np.float64)
         self._dst2[:n] = lm2
         self._dst2[n:] = lm2
         box = (x0, y0, x1, y1)
+        # depth from the smoothed head rotation and the canonical face, not from the landmarks' own noisy
+        # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
+        depth = self._tri_centres @ np.asarray(face.rotation, np.float64)[2]
+        if st.prev is not None and st.xfade < 1.0:  # the shot changed: the old one first, the new fades in
+            self._draw(st, self.shots[st.prev[0]], st.prev[1], depth, small, region, alpha, box, dst)
+            if self._xfade_alpha.size < alpha.size:
+                self._xfade_alpha = np.empty(int(alpha.size * 1.5), np.float32)
+            a = self._xfade_alpha[: alpha.size].reshape(alpha.shape)
+            np.multiply(alpha, np.float32(smoothstep(st.xfade)), out=a)
+            self._draw(st, self.shots[st.shot], st.flip, depth, small, region, a, box, dst)
+            st.xfade = min(1.0, st.xfade + 1.0 / max(XFADE_S * self.ctx.fps, 1.0))
+        else:
+            st.prev = None
+            self._draw(st, self.shots[st.shot], st.flip, depth, small, region, alpha, box, dst)
+
+    def _draw(self, st: _TrackState, shot: Shot, flip: bool, depth: np.ndarray, small: np.ndarray,
+              region: np.ndarray, alpha: np.ndarray, box, dst: np.ndarray) -> None:
+        """One shot (flipped or not) mapped onto the live face and blended into ``dst`` with ``alpha``."""
+        p = self.p
+        if p["match_sharpness"] and st.detail is not None:
+            shot.choose_level(st.detail)
+        tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0, p["blend"] == "relight")
+        # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
+        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
+        use = np.nonzero(shot.shown)[0]
+        order = use[np.argsort(depth[use], kind="stable")]
+        tris = self.tris[order] + (shot.tri_offset_flipped if flip else shot.tri_offset)[order, None]
         offset = gain = None
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),

@@ -469,3 +469,28 @@ def test_identity_reference_mirrored_avatar_matches_a_mirrored_image(shared_data
     # unmirrored one
     nf = norm(flipped, lm_f)
     assert norm.distance(nf, norm.avatar_mirrored) < 0.5 * norm.distance(nf, norm.avatar)
+
+
+def test_a_shot_change_crossfades_instead_of_popping(shared_data, talking):
+    from nodes.faceswap import XFADE_S
+
+    frames, faces = talking
+    f = frames[0]
+    face = faces[0][0]
+    n = swap_node(shared_data, f.shape[:2], ("mona_lisa.jpg", "painted_child.jpg"))
+    poses = [s.pose for s in n.shots]
+    at = [replace(face, yaw=float(p[0]), pitch=float(p[1])) for p in poses]
+    ends = [swap(swap_node(shared_data, f.shape[:2], (a,)), f, [at[k]]) for k, a in
+            enumerate(("mona_lisa.jpg", "painted_child.jpg"))]  # each shot alone, steady
+    for _ in range(3):
+        first = swap(n, f, [at[0]])
+    assert np.abs(first.astype(int) - ends[0]).mean() < 0.5
+    steps = [swap(n, f, [at[1]]) for _ in range(int(XFADE_S * 30) + 3)]  # the pose of the other shot
+    st = n.tracks[face.track_id]
+    assert st.shot == 1 and st.xfade == 1.0
+    # distance from the old look grows over several frames (no single-frame jump), ending on the new shot
+    d_old = [np.abs(s.astype(int) - ends[0]).mean() for s in steps]
+    total = np.abs(ends[1].astype(int) - ends[0]).mean()
+    assert total > 1.0
+    assert d_old[0] < 0.3 * total and np.abs(steps[-1].astype(int) - ends[1]).mean() < 0.5
+    assert max(np.diff([0.0] + d_old)) < 0.4 * total
