@@ -69,7 +69,8 @@ MEMBRANE_LIMIT = 80.0
 # moves; narrower: the live face's own features start to show through); its gain at most RELIGHT_GAIN
 RELIGHT_SIGMA = 0.15
 RELIGHT_GAIN = 2.0
-FLIP_MIN_YAW = 20.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
+CONTRAST_RANGE = (0.5, 1.0)  # relight: the avatar's features drawn at this fraction of their contrast at most
+FLIP_MIN_YAW = 12.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
 XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of flip crossfades over this long
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
@@ -425,7 +426,7 @@ class SwapMask:
         return alpha, small, region
 
     def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box,
-                        skin: np.ndarray, relight: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+                        skin: np.ndarray, relight: bool = False, st: _TrackState | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(offset, gain) for the texture map (see ``_relight`` for ``relight``). The seamless blend's
         correction is an offset (bh, bw, 3) float32 alone (gain None): the difference (live - warped avatar)
         along the mask's soft edge, spread smoothly over the face by a normalised Gaussian (a smooth
@@ -441,7 +442,7 @@ class SwapMask:
                         self._small_map)
         covered = self._small_map.owner >= 0
         if relight:
-            return self._relight(small, covered & skin, box)
+            return self._relight(small, covered & skin, box, st)
         # the membrane is pinned on the mask's soft edge only (where avatar and live meet), then
         # spread smoothly inwards: the inside keeps the avatar's own features
         ring = covered & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
@@ -463,6 +464,20 @@ class SwapMask:
             out.append(cv2.GaussianBlur(cv2.resize(x, q, interpolation=cv2.INTER_AREA), (0, 0), sigma) / den)
         return out
 
+    def _contrast(self, small, live_low, avatar_low, covered, g) -> float:
+        """How strongly the relit avatar's features are drawn: the live skin's fine-detail spread over
+        the relit avatar's (both the crop minus its light, inside the covered skin), limited to
+        CONTRAST_RANGE. A smooth, soft-focus camera face gets the avatar's features at its own
+        contrast (so they move and meet the edge like the live face's would), the pattern unchanged."""
+        q = live_low.shape[1::-1]
+        m = cv2.resize(covered.astype(np.uint8), q, interpolation=cv2.INTER_NEAREST).astype(bool)
+        if m.sum() < 16:
+            return 1.0
+        live = cv2.resize(small, q, interpolation=cv2.INTER_AREA).astype(np.float32) - live_low
+        av = (cv2.resize(self._warped, q, interpolation=cv2.INTER_AREA).astype(np.float32) - avatar_low) * g
+        sl, sa = float(live[m].std()), float(av[m].std())
+        return float(np.clip(sl / max(sa, 1e-3), *CONTRAST_RANGE))
+
     @staticmethod
     def _upsample(field_small: np.ndarray, buf: np.ndarray, box) -> np.ndarray:
         x0, y0, x1, y1 = box
@@ -471,7 +486,7 @@ class SwapMask:
         cv2.resize(field_small, (bw, bh), dst=dst, interpolation=cv2.INTER_LINEAR)
         return dst
 
-    def _relight(self, small: np.ndarray, covered: np.ndarray, box):
+    def _relight(self, small: np.ndarray, covered: np.ndarray, box, st: _TrackState | None = None):
         """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
         features on top. Per channel, with L and A the live and warped-avatar crops blurred alike over
         the skin the mesh covers (eyes, brows and lips left out, so the live face's own features do
@@ -481,6 +496,11 @@ class SwapMask:
         takes the live face's light instead). Linear in the current frame."""
         live_low, avatar_low = self._lowpass(small, covered.astype(np.float32), 2, RELIGHT_SIGMA)
         g = np.clip(live_low / np.maximum(avatar_low, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)
+        c = self._contrast(small, live_low, avatar_low, covered, g)
+        if st is not None:  # smoothed over about half a second: no pumping
+            st.contrast = c if st.contrast is None else st.contrast + (c - st.contrast) * 0.1
+            c = st.contrast
+        g *= np.float32(c)
         # towards the mask's soft edge the avatar's features fade faster than the mask itself (while the
         # live face's fade with the mask): the edge carries less detail than either face, never a seam
         w = cv2.resize(self.outer, live_low.shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -518,6 +538,7 @@ class _TrackState:
     flip: bool = False  # the shot is drawn flipped left-right (it faces the way the live head turns)
     prev: tuple[int, bool] | None = None  # the shot (and flip) being crossfaded out
     xfade: float = 1.0  # 0..1 through the crossfade from ``prev`` to the current shot
+    contrast: float | None = None  # relight: smoothed feature contrast (``SwapMask._contrast``)
     fade: float = 0.0  # fades in when a face appears
     seen: int = 0  # frame counter of the last update
 
@@ -552,9 +573,9 @@ class FaceSwap(Node):
         Param("blend", "choice", "seamless", "seamless: a gradient-domain step on top of the feathered mask: the "
               "live face's shading along the mask's edge spreads smoothly over the avatar (no step at the edge "
               "when avatar and room light differ); relight: the live face's own light and skin colour "
-              "everywhere with the avatar's features on top at their full contrast (the avatar reads "
-              "most clearly; shows more of the tracker's jitter); alpha: the feathered mask blend alone "
-              "(faster)",
+              "everywhere, the avatar's features on top at the live face's own detail contrast (a painted "
+              "avatar's dramatic shading is replaced by your room's light; the steadiest edge); alpha: the "
+              "feathered mask blend alone (faster)",
               choices=("seamless", "relight", "alpha")),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
@@ -742,7 +763,7 @@ class FaceSwap(Node):
         offset = gain = None
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),
-                                                    relight=p["blend"] == "relight")
+                                                    relight=p["blend"] == "relight", st=st)
         if self._torch is not None:
             self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset, gain)
         else:

@@ -381,15 +381,6 @@ def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, ta
     assert abs(s[roi].astype(float).mean() - live) < 0.6 * abs(a[roi].astype(float).mean() - live)
 
 
-def _bandpass_std(img: np.ndarray, box) -> float:
-    x0, y0, x1, y1 = (int(v) for v in box)
-    g = cv2.cvtColor(img[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY).astype(np.float32)
-    w = x1 - x0
-    band = g - cv2.GaussianBlur(g, (0, 0), 0.08 * w)
-    inner = band[int(0.25 * band.shape[0]):int(0.8 * band.shape[0]), int(0.2 * w):int(0.8 * w)]
-    return float(inner.std())
-
-
 def test_relight_takes_the_live_light_and_keeps_the_avatars_features(shared_data, talking):
     from nodes.faceswap import RELIGHT_GAIN
 
@@ -409,11 +400,19 @@ def test_relight_takes_the_live_light_and_keeps_the_avatars_features(shared_data
     roi = (slice(y0, y1), slice(x0, x1))
     live = dark[roi].astype(float).mean()
     assert abs(r[roi].astype(float).mean() - live) < 0.3 * abs(a[roi].astype(float).mean() - live)
-    # on the live frame, the avatar's features keep more of their contrast than with the seamless blend
-    box = fc[0].box
-    rl = swap(swap_node(shared_data, f.shape[:2], blend="relight"), f, fc)
-    sm = swap(swap_node(shared_data, f.shape[:2], blend="seamless"), f, fc)
-    assert _bandpass_std(rl, box) > 1.08 * _bandpass_std(sm, box)  # 1.13 measured; the live eyes are shared
+    # the avatar's features are drawn at the live face's own fine-detail contrast (within limits): a
+    # crisper live face gets crisper features
+    from nodes.faceswap import CONTRAST_RANGE
+
+    boosted = np.clip(f.astype(np.float32) + 1.5 * (f.astype(np.float32) - cv2.GaussianBlur(f, (0, 0), 3.0)),
+                      0, 255).astype(np.uint8)
+    got = []
+    for img in (f, boosted):
+        m = swap_node(shared_data, f.shape[:2], blend="relight")
+        swap(m, img, fc)
+        got.append(m.tracks[fc[0].track_id].contrast)
+    assert all(CONTRAST_RANGE[0] <= c <= CONTRAST_RANGE[1] for c in got)
+    assert got[1] > got[0] + 0.02
 
 
 def test_relight_recolour_turns_chroma_about_grey():
