@@ -812,7 +812,9 @@ def _bench_faceswap():
                                 ("1080p tracking + swap", (1080, 1920), {}),
                                 ("1080p swap alone", (1080, 1920), {}),
                                 ("720p tracking + swap, blend alpha", (720, 1280), {"blend": "alpha"}),
-                                ("1080p tracking + swap, blend alpha", (1080, 1920), {"blend": "alpha"})):
+                                ("1080p tracking + swap, blend alpha", (1080, 1920), {"blend": "alpha"}),
+                                ("720p tracking + swap, blend relight", (720, 1280), {"blend": "relight"}),
+                                ("1080p tracking + swap, blend relight", (1080, 1920), {"blend": "relight"})):
         frames = frames720 if size == (720, 1280) else [cv2.resize(f, (size[1], size[0])) for f in frames720]
         ctx = BuildContext(source_size=size, avatar=Avatar(images=[avatar]))
         fnode = FaceNode("face", FaceNode.validate_params({"max_faces": 1})[0], ctx)

@@ -316,11 +316,12 @@ def test_few_shot_uses_the_shot_nearest_the_pose(shared_data, talking):
     assert picks == [0, 1]
 
 
-def test_torch_path_gives_the_numba_frames(shared_data, talking):
+@pytest.mark.parametrize("blend", ["seamless", "relight"])
+def test_torch_path_gives_the_numba_frames(shared_data, talking, blend):
     torch = pytest.importorskip("torch")
     frames, faces = talking
-    a = swap_node(shared_data, frames[0].shape[:2])
-    b = swap_node(shared_data, frames[0].shape[:2])
+    a = swap_node(shared_data, frames[0].shape[:2], blend=blend)
+    b = swap_node(shared_data, frames[0].shape[:2], blend=blend)
     b._torch, b._dev = torch, torch.device("cpu")  # the CUDA code path, run on the CPU
     for f, fc in zip(frames[:4], faces[:4], strict=True):
         oa, ob = swap(a, f, fc), swap(b, f, fc)
