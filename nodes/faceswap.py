@@ -69,6 +69,7 @@ MEMBRANE_LIMIT = 80.0
 # moves; narrower: the live face's own features start to show through); its gain at most RELIGHT_GAIN
 RELIGHT_SIGMA = 0.15
 RELIGHT_GAIN = 2.0
+MAX_HUE_TURN = math.radians(25.0)  # relight: the largest turn of the avatar's chroma towards the live skin's hue
 CONTRAST_RANGE = (0.5, 1.0)  # relight: the avatar's features drawn at this fraction of their contrast at most
 FLIP_MIN_YAW = 12.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
 XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of flip crossfades over this long
@@ -316,7 +317,10 @@ class Shot:
             self._tmp[..., 0] = self.lab[..., 0] + np.float32((live[0, 0] - mu_a[0]) * amount)
             za, zl = complex(mu_a[1], mu_a[2]), complex(live[0, 1], live[0, 2])
             turn = (math.atan2(zl.imag, zl.real) - math.atan2(za.imag, za.real) + math.pi) % (2 * math.pi) - math.pi
-            scale = math.exp(amount * math.log(min(max(abs(zl) / max(abs(za), 1.0), 0.5), 2.0)))
+            # limited: skin hues lie within a narrow fan; a larger turn is an avatar whose "skin" is fur or
+            # paint, whose other colours would swing into greens and magentas
+            turn = min(max(turn, -MAX_HUE_TURN), MAX_HUE_TURN)
+            scale = math.exp(amount * math.log(min(max(abs(zl) / max(abs(za), 1.0), 2.0 / 3.0), 1.5)))
             c, s = scale * math.cos(turn * amount), scale * math.sin(turn * amount)
             a, b = self.lab[..., 1], self.lab[..., 2]
             self._tmp[..., 1] = a * np.float32(c) - b * np.float32(s)
@@ -488,14 +492,19 @@ class SwapMask:
 
     def _relight(self, small: np.ndarray, covered: np.ndarray, box, st: _TrackState | None = None):
         """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
-        features on top. Per channel, with L and A the live and warped-avatar crops blurred alike over
-        the skin the mesh covers (eyes, brows and lips left out, so the live face's own features do
-        not show through), the avatar colour v becomes v * g + (L - g * A) with g = L / A (limited to
-        1/RELIGHT_GAIN..RELIGHT_GAIN): exactly L where the avatar is flat, and the avatar's detail
-        scaled into the live light (a dark painted shadow or a three-quarter avatar's shaded cheek
-        takes the live face's light instead). Linear in the current frame."""
+        features on top. With L and A the live and warped-avatar crops blurred alike over the skin the
+        mesh covers (eyes, brows and lips left out, so the live face's own features do not show
+        through), the avatar colour v becomes v * g + (L - g * A) per channel, with g the ratio of
+        their lumas (limited to 1/RELIGHT_GAIN..RELIGHT_GAIN, then times the contrast, ``_contrast``):
+        exactly L where the avatar is flat, and the avatar's detail scaled into the live light (a dark
+        painted shadow or a three-quarter avatar's shaded cheek takes the live face's light instead).
+        Linear in the current frame."""
         live_low, avatar_low = self._lowpass(small, covered.astype(np.float32), 2, RELIGHT_SIGMA)
-        g = np.clip(live_low / np.maximum(avatar_low, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)
+        # one gain for the three channels, from the luma: the recolour has already given the avatar's
+        # skin the live skin's hue, and a per-channel gain would swing a many-coloured avatar (fur, paint)
+        y = np.array([0.114, 0.587, 0.299], np.float32)  # BGR luma weights
+        g = np.clip((live_low @ y) / np.maximum(avatar_low @ y, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)
+        g = np.repeat(g[..., None], 3, axis=-1)
         c = self._contrast(small, live_low, avatar_low, covered, g)
         if st is not None:  # smoothed over about half a second: no pumping
             st.contrast = c if st.contrast is None else st.contrast + (c - st.contrast) * 0.1

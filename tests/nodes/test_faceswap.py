@@ -431,11 +431,22 @@ def test_relight_recolour_turns_chroma_about_grey():
     stats = np.array([lab[:4].reshape(-1, 3).mean(0), [5.0, 5.0, 5.0]], np.float32)
     shot = Shot("t", bgr, lm, np.zeros(2, np.float32), np.ones(852, bool), np.zeros(852, bool),
                 np.arange(478, dtype=np.int32), lab, stats)
-    live = np.array([[70.0, 15.0, 10.0], [5.0, 5.0, 5.0]], np.float32)  # pinker, lighter skin
-    out = cv2.cvtColor(shot.recolour(live, 1.0, keep_contrast=True).astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
-    assert np.abs(out[:4].reshape(-1, 3).mean(0) - live[0]).max() < 2.0  # the skin lands on the live skin
+    def recoloured(live):
+        shot._key = None
+        out = shot.recolour(np.array([live, [5.0, 5.0, 5.0]], np.float32), 1.0, keep_contrast=True)
+        return cv2.cvtColor(out.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)
+
+    live = (70.0, 18.0, 20.0)  # pinker, lighter skin
+    out = recoloured(live)
+    assert np.abs(out[:4].reshape(-1, 3).mean(0) - live).max() < 2.0  # the skin lands on the live skin
     assert np.abs(out[4:, :, 1:]).max() < 1.5  # grey stays grey
     assert abs(out[4:, :, 0].mean() - 70.0) < 2.0  # lightness only shifted (+10)
+    # a far-off hue (fur, paint) turns the chroma by at most MAX_HUE_TURN
+    from nodes.faceswap import MAX_HUE_TURN
+
+    a, b = recoloured((70.0, 20.0, -10.0))[:4].reshape(-1, 3).mean(0)[1:]
+    turn = np.arctan2(30.0, 10.0) - np.arctan2(b, a)
+    assert abs(turn - MAX_HUE_TURN) < np.radians(2.0)
 
 
 def test_a_three_quarter_avatar_is_flipped_to_face_the_way_the_head_turns(shared_data, talking):
