@@ -9,7 +9,9 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      relative mode): a 3D similarity fit gives the driver's head rotation, scale and shift since the
      neutral; what remains is expression, mapped into the avatar's face frame and size, with mouth and
      brow gains calibrated at the neutral (``calibrate_gains``) so that the avatar's mouth width, mouth
-     opening and brow height change by as much, relative to its face, as the driver's. Eyelids move by
+     opening and brow height change by as much, relative to its face, as the driver's. A neutral taken
+     with the mouth open is closed first (``close_mouth``): the avatar's mouth opens as far as the
+     driver's is open, and its lips never cross when the driver closes the mouth. Eyelids move by
      the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
      Rotations are applied in 3D about a pivot behind the face, then projected; big turns are clamped.
   3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
@@ -373,6 +375,36 @@ def expression_probes(lm: np.ndarray) -> dict[str, np.ndarray]:
     return {"mouth_width": width, "mouth_open": opening, "brows": brows}
 
 
+def lip_gap(lm: np.ndarray) -> np.ndarray:
+    """Signed inner-lip gap / mouth width of landmarks (..., 478, 2|3), measured down the face (along
+    ``face_metrics.face_axes``' v) between the points ``face_metrics.mouth_open`` uses: negative when
+    the lower lip is above the upper one."""
+    _, v = fmx.face_axes(lm)
+    top = lm[..., list(fmx.LIP_INNER_TOP), :2].mean(-2)
+    bottom = lm[..., list(fmx.LIP_INNER_BOTTOM), :2].mean(-2)
+    gap = ((bottom - top) * v).sum(-1)
+    width = np.linalg.norm(lm[..., fmx.MOUTH_LEFT, :2] - lm[..., fmx.MOUTH_RIGHT, :2], axis=-1)
+    return gap / np.maximum(width, 1e-6)
+
+
+def close_mouth(lm: np.ndarray, keep: float = 0.0) -> np.ndarray:
+    """Landmarks (478, 3) with the mouth closed down to an inner-lip gap (``lip_gap``) of ``keep``:
+    the jaw-drop probe (``expression_probes``) run backwards. Unchanged when the gap is not larger.
+
+    For the driver's neutral, with ``keep`` the avatar's own gap: a neutral taken mid-word would
+    otherwise push the avatar's lower lip through the upper one whenever the driver closes the mouth
+    (relative motion gives the avatar ``g_a + g_d - g_n``), and the opening at the neutral would be
+    lost. With the neutral closed to ``min(g_n, g_a)`` the avatar's gap is ``max(g_a + g_d - g_n,
+    g_d)`` (about, through the expression gains): never below the driver's own, continuous, and the plain relative motion whenever the
+    driver's neutral mouth was not more open than the avatar's."""
+    gap = float(lip_gap(lm))
+    if gap <= keep:
+        return lm
+    jaw = expression_probes(lm)["mouth_open"]
+    unit = float(lip_gap(lm + jaw)) - gap
+    return lm - ((gap - keep) / unit) * jaw if unit > 1e-6 else lm
+
+
 def _probe_feature(name: str, lm: np.ndarray) -> float:
     if name == "brows":
         return float(fmx.brow_height(lm, "left") + fmx.brow_height(lm, "right"))
@@ -430,7 +462,7 @@ class Motion:
         self.nb_idx, self.nb_mask = mesh_neighbours()
 
     def capture(self, d: np.ndarray) -> None:
-        n = d.astype(np.float64)
+        n = close_mouth(d.astype(np.float64), max(float(lip_gap(self.avatar)), 0.0))
         self.neutral = n
         # neutral -> avatar: maps driver-frame offsets into the avatar's frame and size
         self.s_na, self.r_na, t_na = similarity_3d(n[RIGID], self.avatar[RIGID])

@@ -302,13 +302,35 @@ def test_recalibrate_takes_a_new_neutral(child):
     node = make_node([child], idle=False, neutral="first")
     lm = node.rig.lm.copy()
     run(node, [face_of(lm)])
-    opened = _mouth_open(lm, 0.3)
-    run(node, [face_of(opened)])
-    assert node.mouth.amount > 0.5
+    raised = lm.copy()
+    raised[np.r_[rk.BROW_R, rk.BROW_L], 1] -= 0.1 * np.ptp(lm[rk.FACE_OVAL, 0])
+    run(node, [face_of(raised)])
+    assert np.abs(node.dst - node.rig.src2).max() > 2.0
     node.command("recalibrate", {})
-    out = run(node, [face_of(opened)])  # the open mouth is the new neutral
-    assert node.mouth.amount == 0.0
+    out = run(node, [face_of(raised)])  # the raised brows are the new neutral
+    assert np.abs(node.dst - node.rig.src2).max() < 0.25
     assert np.abs(out.astype(np.float32) - node.canvas).mean() < 0.5
+
+
+def test_a_neutral_taken_mid_word_opens_the_avatars_mouth_and_never_crosses_the_lips(child):
+    """The first tracked frame has the mouth open: the avatar's mouth is as open as the driver's, and
+    when the driver closes the mouth the avatar's closes to its own rest, the lower lip never above the
+    upper one (relative motion alone would push it through by the neutral's opening)."""
+    node = make_node([child], idle=False, neutral="first")
+    lm = node.rig.lm.copy()
+    rest = float(rk.lip_gap(lm))
+    opened = _mouth_open(lm, 0.2)
+    want = float(rk.lip_gap(opened))
+    run(node, [face_of(opened)])  # the neutral
+    assert want - rest > 0.1
+    assert abs(float(rk.lip_gap(_placed(node))) - want) < 0.2 * (want - rest)
+    assert node.mouth.amount > 0.5
+    run(node, [face_of(lm)])  # the driver closes the mouth
+    placed = _placed(node)
+    assert abs(float(rk.lip_gap(placed)) - rest) < 0.02
+    below = placed[rk.INNER_LOWER[2:7], 1] - placed[rk.INNER_UPPER[3:8], 1]  # facing inner-lip points
+    assert below.min() > -1.0
+    assert node.mouth.amount == 0.0
 
 
 def test_auto_neutral_picks_the_frame_most_like_the_avatar(child):
@@ -515,3 +537,4 @@ def test_nods_of_a_three_quarter_portrait_are_not_cut_down(shared_data):
     assert abs(want) > 0.05
     assert 0.75 < got / want < 1.25
     assert no_holes(node, out)
+
