@@ -13,7 +13,9 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      with the mouth open is closed first (``close_mouth``): the avatar's mouth opens as far as the
      driver's is open, and its lips never cross when the driver closes the mouth. Eyelids move by
      the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
-     Rotations are applied in 3D about a pivot behind the face, then projected; big turns are clamped.
+     Rotations are applied in 3D about a pivot behind the face, then projected, turned about the view
+     axis so that the eye line tilts in the picture as the driver's does (``Motion.match_roll``); big
+     turns are clamped.
   3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
      their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
      their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
@@ -395,8 +397,8 @@ def close_mouth(lm: np.ndarray, keep: float = 0.0) -> np.ndarray:
     otherwise push the avatar's lower lip through the upper one whenever the driver closes the mouth
     (relative motion gives the avatar ``g_a + g_d - g_n``), and the opening at the neutral would be
     lost. With the neutral closed to ``min(g_n, g_a)`` the avatar's gap is ``max(g_a + g_d - g_n,
-    g_d)`` (about, through the expression gains): never below the driver's own, continuous, and the plain relative motion whenever the
-    driver's neutral mouth was not more open than the avatar's."""
+    g_d)`` (about, through the expression gains): never below the driver's own, continuous, and the
+    plain relative motion whenever the driver's neutral mouth was not more open than the avatar's."""
     gap = float(lip_gap(lm))
     if gap <= keep:
         return lm
@@ -475,6 +477,27 @@ class Motion:
         self.gain_x = np.ones(N_LM)
         self.gain_y = np.ones(N_LM)
         self.gains = calibrate_gains(self, n)
+        # the image roll: the neutral's eye-line angle
+        self.roll_n = float(fmx.roll_deg(n))
+
+    @staticmethod
+    def _eye_line(lm: np.ndarray) -> np.ndarray:
+        """(3,) from the right eye outline's centroid to the left one's (``face_metrics.roll_deg``)."""
+        return lm[list(fmx.EYE_LEFT_RING)].mean(0) - lm[list(fmx.EYE_RIGHT_RING)].mean(0)
+
+    def match_roll(self, rot: np.ndarray, d: np.ndarray, expr: np.ndarray) -> np.ndarray:
+        """``rot`` turned about the view axis so that the avatar's eye line (with expression offsets
+        ``expr`` (478, 3)) tilts in the picture by as much as the driver's has since the neutral
+        (``face_metrics.roll_deg``). Conjugating the driver's rotation into a face turned another way,
+        or seen from three quarters, tilts the projected eye line during nods and turns; the streamer
+        sees their head's tilt, so the picture's tilt is what is kept."""
+        want = math.radians(float(fmx.roll_deg(d)) - self.roll_n)
+        e0 = self._eye_line(self.avatar)[:2]
+        e1 = (rot @ self._eye_line(self.avatar + expr * [1.0, 1.0, 0.3]))[:2]
+        have = math.atan2(e1[1], e1[0]) - math.atan2(e0[1], e0[0])
+        c = (want - have + math.pi) % (2.0 * math.pi) - math.pi
+        cs, sn = math.cos(c), math.sin(c)
+        return np.array([[cs, -sn, 0.0], [sn, cs, 0.0], [0.0, 0.0, 1.0]]) @ rot
 
     def map_expression(self, expr_n: np.ndarray) -> np.ndarray:
         """Driver expression offsets (478, 3) in the neutral's frame -> the avatar's (478, 3) px."""
@@ -509,7 +532,7 @@ class Motion:
         back = ((d - t) @ r) / s
         expr = self.map_expression(back - n)
         eyes = np.clip(_eye_gaps(back) / self.gaps_n, 0.0, 1.6)
-        rot = rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn)
+        rot = self.match_roll(rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn), d, expr)
         pv = self.pivot_n
         moved = s * r @ pv + t - pv
         shift = self.follow * self.s_na * (self.r_na @ moved)[:2]

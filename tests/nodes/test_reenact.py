@@ -538,3 +538,23 @@ def test_nods_of_a_three_quarter_portrait_are_not_cut_down(shared_data):
     assert 0.75 < got / want < 1.25
     assert no_holes(node, out)
 
+
+def test_the_avatars_eye_line_tilts_as_the_drivers_in_the_picture(shared_data, talking):
+    """A frontal driver nods and tilts; on the three-quarter pearl earring (and the frontal child) the
+    eye line's angle in the picture changes as the driver's does: a nod adds no tilt, a tilt is kept."""
+    from nodes import face_metrics as fmx
+
+    _, lms = talking
+    drv = next(x for x in lms if x is not None).astype(np.float64)
+    pv = rk.Motion._pivot(drv)
+    for avatar in ("pearl_earring.jpg", "painted_child.jpg"):
+        node = make_node([shared_data / "avatars" / avatar], idle=False, follow=0.0)
+        run(node, [face_of(drv)])
+        roll0 = float(fmx.roll_deg(_placed(node)))
+        for pitch, roll in ((10.0, 0.0), (-10.0, 0.0), (0.0, 6.0), (8.0, -5.0)):
+            r = cv2.Rodrigues(np.radians([pitch, 0.0, roll]))[0]
+            moved = (drv - pv) @ r.T + pv
+            run(node, [face_of(moved)])
+            want = float(fmx.roll_deg(moved) - fmx.roll_deg(drv))
+            got = float(fmx.roll_deg(_placed(node))) - roll0
+            assert abs(got - want) < 0.5, (avatar, pitch, roll, got, want)
