@@ -716,12 +716,18 @@ class AvatarRig:
 # ---- mouth interior -------------------------------------------------------------------------------
 
 class MouthPainter:
-    """Paints a dark mouth cavity with teeth bands inside the output's inner-lip polygon, faded in by how
-    much wider the mouth is than the avatar's own."""
+    """Paints the inside of an opening mouth within the output's inner-lip polygon: a dark cavity as
+    soon as the lips part (a thin dark line reads as parted lips; stretched lip skin does not), and
+    teeth that fade in as it opens further, lit in the middle and in shadow towards the corners, as a
+    real mouth's are."""
+
+    CAVITY = (0.005, 0.04)  # the cavity fades in from this gap beyond the avatar's own, over this one (x mouth width)
+    TEETH = (0.04, 0.10)  # the teeth likewise, from and over
 
     def __init__(self, shape: tuple[int, int], avatar: np.ndarray, image: np.ndarray, teeth: bool):
         h, w = shape
         self.mask = np.zeros((h, w), np.uint8)
+        self.teeth_mask = np.zeros((h, w), np.uint8)
         self.alpha = np.zeros((h, w), np.float32)
         self.patch = np.zeros((h, w, 3), np.uint8)
         self.teeth = teeth
@@ -739,13 +745,15 @@ class MouthPainter:
         # ivory, in the picture's own light: a painting's teeth are as warm and dim as its skin
         light = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
         self.tooth = np.clip(0.7 * np.array([188, 214, 228]) * light + 0.3 * skin, 0, 255)
-        self.amount = 0.0
+        self.amount = 0.0  # the cavity's opacity in the last frame painted, 0..1
+        self.teeth_amount = 0.0  # the teeth's, 0..1
 
     def paint(self, out: np.ndarray, dst: np.ndarray, weight: float = 1.0) -> None:
         gap = float(np.linalg.norm(dst[LIP_BOTTOM] - dst[LIP_TOP]))
         mw = float(np.linalg.norm(dst[MOUTH_R] - dst[MOUTH_L])) + 1e-6
-        # a parted mouth shades the stretched lips a little; a wide open one shows a full cavity
-        self.amount = a = float(np.clip((gap - self.gap0 - 0.03 * mw) / (0.12 * mw), 0.0, 1.0)) * weight
+        more = (gap - self.gap0) / mw
+        self.amount = a = float(np.clip((more - self.CAVITY[0]) / self.CAVITY[1], 0.0, 1.0)) * weight
+        self.teeth_amount = t = float(np.clip((more - self.TEETH[0]) / self.TEETH[1], 0.0, 1.0)) if self.teeth else 0.0
         if a <= 0.0:
             return
         h, w = out.shape[:2]
@@ -763,16 +771,24 @@ class MouthPainter:
         cv2.fillPoly(m, [np.round((poly - off) * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
         pt = self.patch[y0:y1, x0:x1]
         pt[...] = self.cavity.astype(np.uint8)
-        if self.teeth:
+        if t > 0.0:
+            tm = self.teeth_mask[y0:y1, x0:x1]
+            tm[...] = 0
             up = dst[INNER_UPPER] - off
             th = min(0.42 * gap, 0.11 * mw)
             band = np.concatenate([up, (up + [0, th])[::-1]])
-            cv2.fillPoly(pt, [np.round(band * (1 << sh)).astype(np.int32)], self.tooth.tolist(), cv2.LINE_AA, sh)
+            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
             lo = dst[INNER_LOWER] - off
             tl = min(0.22 * gap, 0.06 * mw)
             band = np.concatenate([lo, (lo - [0, tl])[::-1]])
-            cv2.fillPoly(pt, [np.round(band * (1 << sh)).astype(np.int32)], (self.tooth * 0.85).tolist(),
-                         cv2.LINE_AA, sh)
+            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 200, cv2.LINE_AA, sh)
+            # lit in the middle, in the cheeks' shadow towards the corners
+            mid = 0.5 * (dst[MOUTH_L] + dst[MOUTH_R]) - off
+            u = (np.arange(x1 - x0, dtype=np.float32) - np.float32(mid[0])) / np.float32(0.5 * mw)
+            lit = np.clip(1.4 * (1.0 - u * u), 0.0, 1.0) * np.float32(t / 255.0)
+            al = self.alpha[y0:y1, x0:x1]
+            np.multiply(tm, lit[None, :], out=al, casting="unsafe")
+            pt[...] = self.cavity + al[..., None] * (self.tooth - self.cavity) + 0.5
         al = self.alpha[y0:y1, x0:x1]
         np.multiply(m, np.float32(a / 255.0), out=al, casting="unsafe")
         wk.blend_numba(out, pt, al, x0, y0)

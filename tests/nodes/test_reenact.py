@@ -168,6 +168,33 @@ def test_mouth_open_moves_the_mouth_and_paints_a_cavity(child):
     assert node.mouth.amount > 0.9
 
 
+def test_parted_lips_show_a_dark_slit_and_teeth_are_lit_in_the_middle(child):
+    """Lips just parted (3% of the mouth width): a dark line between them, no teeth yet. Wide open:
+    teeth, brighter in the middle of the mouth than towards its corners."""
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    out = run(node, [face_of(_mouth_open(lm, 0.03))])
+    assert node.mouth.amount > 0.5
+    assert node.mouth.teeth_amount == 0.0
+    inside = np.zeros(out.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(node.dst[rk.INNER_LIPS]).astype(np.int32)], 1)
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    lips = cv2.cvtColor(node.canvas, cv2.COLOR_BGR2GRAY)[inside > 0].mean()
+    assert gray[inside > 0].min() < 0.6 * lips
+    out = run(node, [face_of(_mouth_open(lm, 0.35))])
+    assert node.mouth.teeth_amount == 1.0
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    d = node.dst
+    mw = float(np.linalg.norm(d[rk.MOUTH_R] - d[rk.MOUTH_L]))
+    up = d[rk.INNER_UPPER]  # just below the upper inner lip: the upper teeth
+    xs = np.linspace(up[:, 0].min(), up[:, 0].max(), 41)
+    order = np.argsort(up[:, 0])
+    ys = np.interp(xs, up[order, 0], up[order, 1]) + 0.04 * mw
+    row = gray[np.round(ys).astype(int), np.round(xs).astype(int)]
+    assert row[15:26].mean() > row[[0, 1, 2, 38, 39, 40]].mean() + 20
+
+
 def _yaw(lm: np.ndarray, deg: float) -> np.ndarray:
     c = lm[rk.RIGID].mean(0) + [0, 0, 0.45 * np.ptp(lm[rk.FACE_OVAL, 0])]
     r = cv2.Rodrigues(np.array([0.0, np.radians(deg), 0.0]))[0]
