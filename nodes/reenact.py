@@ -12,7 +12,8 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      opening and brow height change by as much, relative to its face, as the driver's. A neutral taken
      with the mouth open is closed first (``close_mouth``): the avatar's mouth opens as far as the
      driver's is open, and its lips never cross when the driver closes the mouth. Eyelids move by
-     the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
+     the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size; a
+     closing lid slides down with the skin rows above it (its lashes keep their shape over the eye).
      Rotations are applied in 3D about a pivot behind the face, then projected, turned about the view
      axis so that the eye line tilts in the picture as the driver's does (``Motion.match_roll``); big
      turns are clamped.
@@ -67,6 +68,13 @@ EYE_R_UP = np.array([246, 161, 160, 159, 158, 157, 173])
 EYE_R_LO = np.array([7, 163, 144, 145, 153, 154, 155])
 EYE_L_UP = np.array([466, 388, 387, 386, 385, 384, 398])
 EYE_L_LO = np.array([249, 390, 373, 374, 380, 381, 382])
+# the rows of points above each upper lid (mediapipe's eyeUpper1 / eyeUpper2), column for column with it
+EYE_R_UP1 = np.array([247, 30, 29, 27, 28, 56, 190])
+EYE_R_UP2 = np.array([113, 225, 224, 223, 222, 221, 189])
+EYE_L_UP1 = np.array([467, 260, 259, 257, 258, 286, 414])
+EYE_L_UP2 = np.array([342, 445, 444, 443, 442, 441, 413])
+LID_FOLLOW = (1.0, 0.5)  # how much of a closing lid's travel those rows take (the lid slides, not stretches)
+LID_TAPER = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # none at the corners: those rows reach past them
 EYE_R_CORNERS = (33, 133)
 EYE_L_CORNERS = (263, 362)
 IRIS_A = np.arange(468, 473)
@@ -610,7 +618,14 @@ class AvatarRig:
         # depth order like the lips' instead
         iris = np.zeros(len(self.verts), bool)
         iris[np.r_[IRIS_A, IRIS_B]] = True
-        self.check = ~inner[self.tris].all(axis=1) & ~iris[self.tris].any(axis=1)
+        # nor those joining an upper lid to an eye corner: a closing lid passes over the corner's skin
+        # (an occlusion the painter's order draws); guarding them re-opened whole lids on big eyes
+        lid = np.zeros(len(self.verts), bool)
+        lid[np.r_[EYE_R_UP, EYE_L_UP]] = True
+        corner = np.zeros(len(self.verts), bool)
+        corner[list(EYE_R_CORNERS + EYE_L_CORNERS)] = True
+        at_corner = lid[self.tris].any(axis=1) & corner[self.tris].any(axis=1)
+        self.check = ~inner[self.tris].all(axis=1) & ~iris[self.tris].any(axis=1) & ~at_corner
         # painter's order: face triangles by depth each frame (nearest first wins), then the rest
         self.face_tri = (self.tris < N_LM).all(axis=1)
         self.n_face = int(self.face_tri.sum())
@@ -631,6 +646,34 @@ class AvatarRig:
             big &= ~(both & ((flat < 0.02 * self.fw) | (deep > flat)))
         self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
         self.nb = mesh_neighbours()
+        # the face triangles on the rows above the upper lids (``_lid_rows`` keeps them unfolded)
+        rows = np.zeros(len(self.verts), bool)
+        rows[np.r_[EYE_R_UP1, EYE_R_UP2, EYE_L_UP1, EYE_L_UP2]] = True
+        on_rows = rows[self.tris].any(axis=1) & self.face_tri
+        self.lid_tris = self.tris[on_rows]
+        self.lid_area = signed_areas(self.src2, self.lid_tris)
+
+    def _lid_rows(self, lm: np.ndarray, travel: np.ndarray) -> np.ndarray:
+        """Landmarks ``lm`` (478, 3) with the rows above the upper lids moved by ``travel`` (478, 2) px,
+        the largest fraction of it (bisection) that folds no triangle that was not folded without it."""
+        def folded(f: float) -> np.ndarray:
+            p = lm[:, :2] + f * travel
+            return signed_areas(p, self.lid_tris) * np.sign(self.lid_area) < 0.02 * np.abs(self.lid_area)
+
+        before = folded(0.0)
+        f = 1.0
+        if (folded(1.0) & ~before).any():
+            lo, hi = 0.0, 1.0
+            for _ in range(5):
+                mid = 0.5 * (lo + hi)
+                if (folded(mid) & ~before).any():
+                    hi = mid
+                else:
+                    lo = mid
+            f = lo
+        out = lm.copy()
+        out[:, :2] += f * travel
+        return out
 
     def moving(self, dst: np.ndarray, still: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The triangles (in drawing order) with a vertex that moved more than ``still`` px, and the
@@ -668,10 +711,20 @@ class AvatarRig:
     def place(self, pose: Pose) -> np.ndarray:
         """Destination vertices (V, 2) for a pose; ``order_tris`` is set to the triangles in drawing order."""
         lm = self.lm + pose.expr * [1.0, 1.0, 0.3]  # depth of expressions is noisy: damped
-        # eyelids: upper lid = lower lid + ratio * the avatar's own lid gap; irises follow the gaze
-        for up, lo, iris, k in ((EYE_R_UP, EYE_R_LO, self.iris_r, 0), (EYE_L_UP, EYE_L_LO, self.iris_l, 1)):
+        # eyelids: upper lid = lower lid + ratio * the avatar's own lid gap; irises follow the gaze. A
+        # closing lid slides down with the skin above it (its lashes and margin keep their shape over the
+        # eye, as a real lid's do) and the stretch goes to the skin under the brow
+        travels = []
+        for up, lo, up1, up2, iris, k in ((EYE_R_UP, EYE_R_LO, EYE_R_UP1, EYE_R_UP2, self.iris_r, 0),
+                                          (EYE_L_UP, EYE_L_LO, EYE_L_UP1, EYE_L_UP2, self.iris_l, 1)):
             r = float(np.clip(pose.eyes[k], 0.04, 1.5))
             lm[up] = lm[lo] + r * (self.lm[up] - self.lm[lo])
+            if r < 1.0:
+                lid = (1.0 - r) * LID_TAPER[:, None] * (self.lm[lo, :2] - self.lm[up, :2])
+                travel = np.zeros((N_LM, 2))
+                travel[up1] = LID_FOLLOW[0] * lid
+                travel[up2] = LID_FOLLOW[1] * lid
+                travels.append(travel)
             lower_y = lm[lo, 1].mean()
             ew = np.linalg.norm(self.lm[up[0], :2] - self.lm[up[-1], :2])
             shift = lm[iris[0], :2] - self.lm[iris[0], :2]
@@ -680,6 +733,8 @@ class AvatarRig:
             ir[:, :2] += shift
             ir[:, 1] = lower_y + min(r, 1.0) * (ir[:, 1] - lower_y)
             lm[iris] = ir
+        for travel in travels:  # each eye on its own: the far eye of a three-quarter face has less room
+            lm = self._lid_rows(lm, travel)
         verts = self.verts.copy()
         verts[:N_LM] = lm
         rot = pose.rot

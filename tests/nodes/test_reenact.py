@@ -247,6 +247,30 @@ def test_blink_and_wink_close_each_eye(child):
     assert abs(gaps[0] - rk._eye_gaps(node.rig.lm)[0]) < 0.02  # the right one stayed open
 
 
+
+@pytest.mark.parametrize("avatar", ["painted_child.jpg", "cartoon_boy.jpg"])
+def test_a_closing_lid_slides_down_whole_and_closes_to_the_corners(shared_data, avatar):
+    """Both eyes shut: every column of each upper lid meets its lower lid (the cartoon's big eyes too,
+    whose outer lid passes below the corner), the row above the lid travels down with it (the lashes
+    and lid margin slide over the eye instead of stretching) and nothing is left folded."""
+    node = make_node([shared_data / "avatars" / avatar], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    shut = lm.copy()
+    for up, lo in ((rk.EYE_R_UP, rk.EYE_R_LO), (rk.EYE_L_UP, rk.EYE_L_LO)):
+        shut[up] = lm[lo]
+    out = run(node, [face_of(shut)])
+    for up, lo, up1 in ((rk.EYE_R_UP, rk.EYE_R_LO, rk.EYE_R_UP1), (rk.EYE_L_UP, rk.EYE_L_LO, rk.EYE_L_UP1)):
+        rest = lm[lo, 1] - lm[up, 1]
+        gap = node.dst[lo, 1] - node.dst[up, 1]
+        assert np.all(np.abs(gap) < 0.1 * rest.max()), (avatar, gap, rest)
+        lid_down = node.dst[up[3], 1] - lm[up[3], 1]
+        row_down = node.dst[up1[3], 1] - lm[up1[3], 1]
+        assert row_down > 0.5 * lid_down > 0
+    assert no_holes(node, out)
+    assert (rk.signed_areas(node.dst, node.rig.tris) * node.rig.src_sign < 0)[node.rig.check].sum() == 0
+
+
 # ---- a real clip: no holes, no folds; drivers with no face or two faces ---------------------------
 
 def test_real_clip_has_no_holes_and_no_fold_overs(shared_data, talking):
