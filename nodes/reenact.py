@@ -73,7 +73,8 @@ EYE_R_UP1 = np.array([247, 30, 29, 27, 28, 56, 190])
 EYE_R_UP2 = np.array([113, 225, 224, 223, 222, 221, 189])
 EYE_L_UP1 = np.array([467, 260, 259, 257, 258, 286, 414])
 EYE_L_UP2 = np.array([342, 445, 444, 443, 442, 441, 413])
-LID_FOLLOW = (1.0, 0.5)  # how much of a closing lid's travel those rows take (the lid slides, not stretches)
+LID_FOLLOW = (0.6, 0.25)  # how much of a closing lid's travel those rows take (the lid slides, not stretches)
+LID_SLIDE_FROM = 0.8  # they start sliding below this openness (a squint, or tracker noise, leaves them be)
 LID_TAPER = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # none at the corners: those rows reach past them
 EYE_R_CORNERS = (33, 133)
 EYE_L_CORNERS = (263, 362)
@@ -719,8 +720,9 @@ class AvatarRig:
                                           (EYE_L_UP, EYE_L_LO, EYE_L_UP1, EYE_L_UP2, self.iris_l, 1)):
             r = float(np.clip(pose.eyes[k], 0.04, 1.5))
             lm[up] = lm[lo] + r * (self.lm[up] - self.lm[lo])
-            if r < 1.0:
-                lid = (1.0 - r) * LID_TAPER[:, None] * (self.lm[lo, :2] - self.lm[up, :2])
+            if r < LID_SLIDE_FROM:
+                slide = (LID_SLIDE_FROM - r) / LID_SLIDE_FROM  # 0 .. 1 when shut, as the lid's (1 - r)
+                lid = slide * LID_TAPER[:, None] * (self.lm[lo, :2] - self.lm[up, :2])
                 travel = np.zeros((N_LM, 2))
                 travel[up1] = LID_FOLLOW[0] * lid
                 travel[up2] = LID_FOLLOW[1] * lid
