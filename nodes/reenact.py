@@ -9,9 +9,14 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      relative mode): a 3D similarity fit gives the driver's head rotation, scale and shift since the
      neutral; what remains is expression, mapped into the avatar's face frame and size, with mouth and
      brow gains calibrated at the neutral (``calibrate_gains``) so that the avatar's mouth width, mouth
-     opening and brow height change by as much, relative to its face, as the driver's. Eyelids move by
-     the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size.
-     Rotations are applied in 3D about a pivot behind the face, then projected; big turns are clamped.
+     opening and brow height change by as much, relative to its face, as the driver's. A neutral taken
+     with the mouth open is closed first (``close_mouth``): the avatar's mouth opens as far as the
+     driver's is open, and its lips never cross when the driver closes the mouth. Eyelids move by
+     the driver's openness ratio, so blinks and winks close the avatar's eyes whatever their size; a
+     closing lid slides down with the skin rows above it (its lashes keep their shape over the eye).
+     Rotations are applied in 3D about a pivot behind the face, then projected, turned about the view
+     axis so that the eye line tilts in the picture as the driver's does (``Motion.match_roll``); big
+     turns are clamped.
   3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
      their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
      their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
@@ -63,6 +68,14 @@ EYE_R_UP = np.array([246, 161, 160, 159, 158, 157, 173])
 EYE_R_LO = np.array([7, 163, 144, 145, 153, 154, 155])
 EYE_L_UP = np.array([466, 388, 387, 386, 385, 384, 398])
 EYE_L_LO = np.array([249, 390, 373, 374, 380, 381, 382])
+# the rows of points above each upper lid (mediapipe's eyeUpper1 / eyeUpper2), column for column with it
+EYE_R_UP1 = np.array([247, 30, 29, 27, 28, 56, 190])
+EYE_R_UP2 = np.array([113, 225, 224, 223, 222, 221, 189])
+EYE_L_UP1 = np.array([467, 260, 259, 257, 258, 286, 414])
+EYE_L_UP2 = np.array([342, 445, 444, 443, 442, 441, 413])
+LID_FOLLOW = (0.6, 0.25)  # how much of a closing lid's travel those rows take (the lid slides, not stretches)
+LID_SLIDE_FROM = 0.8  # they start sliding below this openness (a squint, or tracker noise, leaves them be)
+LID_TAPER = np.array([0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])  # none at the corners: those rows reach past them
 EYE_R_CORNERS = (33, 133)
 EYE_L_CORNERS = (263, 362)
 IRIS_A = np.arange(468, 473)
@@ -373,6 +386,36 @@ def expression_probes(lm: np.ndarray) -> dict[str, np.ndarray]:
     return {"mouth_width": width, "mouth_open": opening, "brows": brows}
 
 
+def lip_gap(lm: np.ndarray) -> np.ndarray:
+    """Signed inner-lip gap / mouth width of landmarks (..., 478, 2|3), measured down the face (along
+    ``face_metrics.face_axes``' v) between the points ``face_metrics.mouth_open`` uses: negative when
+    the lower lip is above the upper one."""
+    _, v = fmx.face_axes(lm)
+    top = lm[..., list(fmx.LIP_INNER_TOP), :2].mean(-2)
+    bottom = lm[..., list(fmx.LIP_INNER_BOTTOM), :2].mean(-2)
+    gap = ((bottom - top) * v).sum(-1)
+    width = np.linalg.norm(lm[..., fmx.MOUTH_LEFT, :2] - lm[..., fmx.MOUTH_RIGHT, :2], axis=-1)
+    return gap / np.maximum(width, 1e-6)
+
+
+def close_mouth(lm: np.ndarray, keep: float = 0.0) -> np.ndarray:
+    """Landmarks (478, 3) with the mouth closed down to an inner-lip gap (``lip_gap``) of ``keep``:
+    the jaw-drop probe (``expression_probes``) run backwards. Unchanged when the gap is not larger.
+
+    For the driver's neutral, with ``keep`` the avatar's own gap: a neutral taken mid-word would
+    otherwise push the avatar's lower lip through the upper one whenever the driver closes the mouth
+    (relative motion gives the avatar ``g_a + g_d - g_n``), and the opening at the neutral would be
+    lost. With the neutral closed to ``min(g_n, g_a)`` the avatar's gap is ``max(g_a + g_d - g_n,
+    g_d)`` (about, through the expression gains): never below the driver's own, continuous, and the
+    plain relative motion whenever the driver's neutral mouth was not more open than the avatar's."""
+    gap = float(lip_gap(lm))
+    if gap <= keep:
+        return lm
+    jaw = expression_probes(lm)["mouth_open"]
+    unit = float(lip_gap(lm + jaw)) - gap
+    return lm - ((gap - keep) / unit) * jaw if unit > 1e-6 else lm
+
+
 def _probe_feature(name: str, lm: np.ndarray) -> float:
     if name == "brows":
         return float(fmx.brow_height(lm, "left") + fmx.brow_height(lm, "right"))
@@ -430,7 +473,7 @@ class Motion:
         self.nb_idx, self.nb_mask = mesh_neighbours()
 
     def capture(self, d: np.ndarray) -> None:
-        n = d.astype(np.float64)
+        n = close_mouth(d.astype(np.float64), max(float(lip_gap(self.avatar)), 0.0))
         self.neutral = n
         # neutral -> avatar: maps driver-frame offsets into the avatar's frame and size
         self.s_na, self.r_na, t_na = similarity_3d(n[RIGID], self.avatar[RIGID])
@@ -443,6 +486,27 @@ class Motion:
         self.gain_x = np.ones(N_LM)
         self.gain_y = np.ones(N_LM)
         self.gains = calibrate_gains(self, n)
+        # the image roll: the neutral's eye-line angle
+        self.roll_n = float(fmx.roll_deg(n))
+
+    @staticmethod
+    def _eye_line(lm: np.ndarray) -> np.ndarray:
+        """(3,) from the right eye outline's centroid to the left one's (``face_metrics.roll_deg``)."""
+        return lm[list(fmx.EYE_LEFT_RING)].mean(0) - lm[list(fmx.EYE_RIGHT_RING)].mean(0)
+
+    def match_roll(self, rot: np.ndarray, d: np.ndarray, expr: np.ndarray) -> np.ndarray:
+        """``rot`` turned about the view axis so that the avatar's eye line (with expression offsets
+        ``expr`` (478, 3)) tilts in the picture by as much as the driver's has since the neutral
+        (``face_metrics.roll_deg``). Conjugating the driver's rotation into a face turned another way,
+        or seen from three quarters, tilts the projected eye line during nods and turns; the streamer
+        sees their head's tilt, so the picture's tilt is what is kept."""
+        want = math.radians(float(fmx.roll_deg(d)) - self.roll_n)
+        e0 = self._eye_line(self.avatar)[:2]
+        e1 = (rot @ self._eye_line(self.avatar + expr * [1.0, 1.0, 0.3]))[:2]
+        have = math.atan2(e1[1], e1[0]) - math.atan2(e0[1], e0[0])
+        c = (want - have + math.pi) % (2.0 * math.pi) - math.pi
+        cs, sn = math.cos(c), math.sin(c)
+        return np.array([[cs, -sn, 0.0], [sn, cs, 0.0], [0.0, 0.0, 1.0]]) @ rot
 
     def map_expression(self, expr_n: np.ndarray) -> np.ndarray:
         """Driver expression offsets (478, 3) in the neutral's frame -> the avatar's (478, 3) px."""
@@ -477,7 +541,7 @@ class Motion:
         back = ((d - t) @ r) / s
         expr = self.map_expression(back - n)
         eyes = np.clip(_eye_gaps(back) / self.gaps_n, 0.0, 1.6)
-        rot = rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn)
+        rot = self.match_roll(rotation_clamp(self.r_na @ r @ self.r_na.T, self.max_turn), d, expr)
         pv = self.pivot_n
         moved = s * r @ pv + t - pv
         shift = self.follow * self.s_na * (self.r_na @ moved)[:2]
@@ -555,7 +619,14 @@ class AvatarRig:
         # depth order like the lips' instead
         iris = np.zeros(len(self.verts), bool)
         iris[np.r_[IRIS_A, IRIS_B]] = True
-        self.check = ~inner[self.tris].all(axis=1) & ~iris[self.tris].any(axis=1)
+        # nor those joining an upper lid to an eye corner: a closing lid passes over the corner's skin
+        # (an occlusion the painter's order draws); guarding them re-opened whole lids on big eyes
+        lid = np.zeros(len(self.verts), bool)
+        lid[np.r_[EYE_R_UP, EYE_L_UP]] = True
+        corner = np.zeros(len(self.verts), bool)
+        corner[list(EYE_R_CORNERS + EYE_L_CORNERS)] = True
+        at_corner = lid[self.tris].any(axis=1) & corner[self.tris].any(axis=1)
+        self.check = ~inner[self.tris].all(axis=1) & ~iris[self.tris].any(axis=1) & ~at_corner
         # painter's order: face triangles by depth each frame (nearest first wins), then the rest
         self.face_tri = (self.tris < N_LM).all(axis=1)
         self.n_face = int(self.face_tri.sum())
@@ -576,6 +647,34 @@ class AvatarRig:
             big &= ~(both & ((flat < 0.02 * self.fw) | (deep > flat)))
         self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
         self.nb = mesh_neighbours()
+        # the face triangles on the rows above the upper lids (``_lid_rows`` keeps them unfolded)
+        rows = np.zeros(len(self.verts), bool)
+        rows[np.r_[EYE_R_UP1, EYE_R_UP2, EYE_L_UP1, EYE_L_UP2]] = True
+        on_rows = rows[self.tris].any(axis=1) & self.face_tri
+        self.lid_tris = self.tris[on_rows]
+        self.lid_area = signed_areas(self.src2, self.lid_tris)
+
+    def _lid_rows(self, lm: np.ndarray, travel: np.ndarray) -> np.ndarray:
+        """Landmarks ``lm`` (478, 3) with the rows above the upper lids moved by ``travel`` (478, 2) px,
+        the largest fraction of it (bisection) that folds no triangle that was not folded without it."""
+        def folded(f: float) -> np.ndarray:
+            p = lm[:, :2] + f * travel
+            return signed_areas(p, self.lid_tris) * np.sign(self.lid_area) < 0.02 * np.abs(self.lid_area)
+
+        before = folded(0.0)
+        f = 1.0
+        if (folded(1.0) & ~before).any():
+            lo, hi = 0.0, 1.0
+            for _ in range(5):
+                mid = 0.5 * (lo + hi)
+                if (folded(mid) & ~before).any():
+                    hi = mid
+                else:
+                    lo = mid
+            f = lo
+        out = lm.copy()
+        out[:, :2] += f * travel
+        return out
 
     def moving(self, dst: np.ndarray, still: float = 0.25) -> tuple[np.ndarray, tuple[int, int, int, int]]:
         """The triangles (in drawing order) with a vertex that moved more than ``still`` px, and the
@@ -613,10 +712,21 @@ class AvatarRig:
     def place(self, pose: Pose) -> np.ndarray:
         """Destination vertices (V, 2) for a pose; ``order_tris`` is set to the triangles in drawing order."""
         lm = self.lm + pose.expr * [1.0, 1.0, 0.3]  # depth of expressions is noisy: damped
-        # eyelids: upper lid = lower lid + ratio * the avatar's own lid gap; irises follow the gaze
-        for up, lo, iris, k in ((EYE_R_UP, EYE_R_LO, self.iris_r, 0), (EYE_L_UP, EYE_L_LO, self.iris_l, 1)):
+        # eyelids: upper lid = lower lid + ratio * the avatar's own lid gap; irises follow the gaze. A
+        # closing lid slides down with the skin above it (its lashes and margin keep their shape over the
+        # eye, as a real lid's do) and the stretch goes to the skin under the brow
+        travels = []
+        for up, lo, up1, up2, iris, k in ((EYE_R_UP, EYE_R_LO, EYE_R_UP1, EYE_R_UP2, self.iris_r, 0),
+                                          (EYE_L_UP, EYE_L_LO, EYE_L_UP1, EYE_L_UP2, self.iris_l, 1)):
             r = float(np.clip(pose.eyes[k], 0.04, 1.5))
             lm[up] = lm[lo] + r * (self.lm[up] - self.lm[lo])
+            if r < LID_SLIDE_FROM:
+                slide = (LID_SLIDE_FROM - r) / LID_SLIDE_FROM  # 0 .. 1 when shut, as the lid's (1 - r)
+                lid = slide * LID_TAPER[:, None] * (self.lm[lo, :2] - self.lm[up, :2])
+                travel = np.zeros((N_LM, 2))
+                travel[up1] = LID_FOLLOW[0] * lid
+                travel[up2] = LID_FOLLOW[1] * lid
+                travels.append(travel)
             lower_y = lm[lo, 1].mean()
             ew = np.linalg.norm(self.lm[up[0], :2] - self.lm[up[-1], :2])
             shift = lm[iris[0], :2] - self.lm[iris[0], :2]
@@ -625,6 +735,8 @@ class AvatarRig:
             ir[:, :2] += shift
             ir[:, 1] = lower_y + min(r, 1.0) * (ir[:, 1] - lower_y)
             lm[iris] = ir
+        for travel in travels:  # each eye on its own: the far eye of a three-quarter face has less room
+            lm = self._lid_rows(lm, travel)
         verts = self.verts.copy()
         verts[:N_LM] = lm
         rot = pose.rot
@@ -661,12 +773,18 @@ class AvatarRig:
 # ---- mouth interior -------------------------------------------------------------------------------
 
 class MouthPainter:
-    """Paints a dark mouth cavity with teeth bands inside the output's inner-lip polygon, faded in by how
-    much wider the mouth is than the avatar's own."""
+    """Paints the inside of an opening mouth within the output's inner-lip polygon: a dark cavity as
+    soon as the lips part (a thin dark line reads as parted lips; stretched lip skin does not), and
+    teeth that fade in as it opens further, lit in the middle and in shadow towards the corners, as a
+    real mouth's are."""
+
+    CAVITY = (0.005, 0.04)  # the cavity fades in from this gap beyond the avatar's own, over this one (x mouth width)
+    TEETH = (0.04, 0.10)  # the teeth likewise, from and over
 
     def __init__(self, shape: tuple[int, int], avatar: np.ndarray, image: np.ndarray, teeth: bool):
         h, w = shape
         self.mask = np.zeros((h, w), np.uint8)
+        self.teeth_mask = np.zeros((h, w), np.uint8)
         self.alpha = np.zeros((h, w), np.float32)
         self.patch = np.zeros((h, w, 3), np.uint8)
         self.teeth = teeth
@@ -684,13 +802,15 @@ class MouthPainter:
         # ivory, in the picture's own light: a painting's teeth are as warm and dim as its skin
         light = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
         self.tooth = np.clip(0.7 * np.array([188, 214, 228]) * light + 0.3 * skin, 0, 255)
-        self.amount = 0.0
+        self.amount = 0.0  # the cavity's opacity in the last frame painted, 0..1
+        self.teeth_amount = 0.0  # the teeth's, 0..1
 
     def paint(self, out: np.ndarray, dst: np.ndarray, weight: float = 1.0) -> None:
         gap = float(np.linalg.norm(dst[LIP_BOTTOM] - dst[LIP_TOP]))
         mw = float(np.linalg.norm(dst[MOUTH_R] - dst[MOUTH_L])) + 1e-6
-        # a parted mouth shades the stretched lips a little; a wide open one shows a full cavity
-        self.amount = a = float(np.clip((gap - self.gap0 - 0.03 * mw) / (0.12 * mw), 0.0, 1.0)) * weight
+        more = (gap - self.gap0) / mw
+        self.amount = a = float(np.clip((more - self.CAVITY[0]) / self.CAVITY[1], 0.0, 1.0)) * weight
+        self.teeth_amount = t = float(np.clip((more - self.TEETH[0]) / self.TEETH[1], 0.0, 1.0)) if self.teeth else 0.0
         if a <= 0.0:
             return
         h, w = out.shape[:2]
@@ -708,16 +828,24 @@ class MouthPainter:
         cv2.fillPoly(m, [np.round((poly - off) * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
         pt = self.patch[y0:y1, x0:x1]
         pt[...] = self.cavity.astype(np.uint8)
-        if self.teeth:
+        if t > 0.0:
+            tm = self.teeth_mask[y0:y1, x0:x1]
+            tm[...] = 0
             up = dst[INNER_UPPER] - off
             th = min(0.42 * gap, 0.11 * mw)
             band = np.concatenate([up, (up + [0, th])[::-1]])
-            cv2.fillPoly(pt, [np.round(band * (1 << sh)).astype(np.int32)], self.tooth.tolist(), cv2.LINE_AA, sh)
+            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
             lo = dst[INNER_LOWER] - off
             tl = min(0.22 * gap, 0.06 * mw)
             band = np.concatenate([lo, (lo - [0, tl])[::-1]])
-            cv2.fillPoly(pt, [np.round(band * (1 << sh)).astype(np.int32)], (self.tooth * 0.85).tolist(),
-                         cv2.LINE_AA, sh)
+            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 200, cv2.LINE_AA, sh)
+            # lit in the middle, in the cheeks' shadow towards the corners
+            mid = 0.5 * (dst[MOUTH_L] + dst[MOUTH_R]) - off
+            u = (np.arange(x1 - x0, dtype=np.float32) - np.float32(mid[0])) / np.float32(0.5 * mw)
+            lit = np.clip(1.4 * (1.0 - u * u), 0.0, 1.0) * np.float32(t / 255.0)
+            al = self.alpha[y0:y1, x0:x1]
+            np.multiply(tm, lit[None, :], out=al, casting="unsafe")
+            pt[...] = self.cavity + al[..., None] * (self.tooth - self.cavity) + 0.5
         al = self.alpha[y0:y1, x0:x1]
         np.multiply(m, np.float32(a / 255.0), out=al, casting="unsafe")
         wk.blend_numba(out, pt, al, x0, y0)

@@ -168,6 +168,33 @@ def test_mouth_open_moves_the_mouth_and_paints_a_cavity(child):
     assert node.mouth.amount > 0.9
 
 
+def test_parted_lips_show_a_dark_slit_and_teeth_are_lit_in_the_middle(child):
+    """Lips just parted (3% of the mouth width): a dark line between them, no teeth yet. Wide open:
+    teeth, brighter in the middle of the mouth than towards its corners."""
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    out = run(node, [face_of(_mouth_open(lm, 0.03))])
+    assert node.mouth.amount > 0.5
+    assert node.mouth.teeth_amount == 0.0
+    inside = np.zeros(out.shape[:2], np.uint8)
+    cv2.fillPoly(inside, [np.round(node.dst[rk.INNER_LIPS]).astype(np.int32)], 1)
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    lips = cv2.cvtColor(node.canvas, cv2.COLOR_BGR2GRAY)[inside > 0].mean()
+    assert gray[inside > 0].min() < 0.6 * lips
+    out = run(node, [face_of(_mouth_open(lm, 0.35))])
+    assert node.mouth.teeth_amount == 1.0
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    d = node.dst
+    mw = float(np.linalg.norm(d[rk.MOUTH_R] - d[rk.MOUTH_L]))
+    up = d[rk.INNER_UPPER]  # just below the upper inner lip: the upper teeth
+    xs = np.linspace(up[:, 0].min(), up[:, 0].max(), 41)
+    order = np.argsort(up[:, 0])
+    ys = np.interp(xs, up[order, 0], up[order, 1]) + 0.04 * mw
+    row = gray[np.round(ys).astype(int), np.round(xs).astype(int)]
+    assert row[15:26].mean() > row[[0, 1, 2, 38, 39, 40]].mean() + 20
+
+
 def _yaw(lm: np.ndarray, deg: float) -> np.ndarray:
     c = lm[rk.RIGID].mean(0) + [0, 0, 0.45 * np.ptp(lm[rk.FACE_OVAL, 0])]
     r = cv2.Rodrigues(np.array([0.0, np.radians(deg), 0.0]))[0]
@@ -218,6 +245,30 @@ def test_blink_and_wink_close_each_eye(child):
     gaps = rk._eye_gaps(node.dst)
     assert gaps[1] < 0.08 * rk._eye_gaps(node.rig.lm)[1] + 0.01  # the left eye closed
     assert abs(gaps[0] - rk._eye_gaps(node.rig.lm)[0]) < 0.02  # the right one stayed open
+
+
+
+@pytest.mark.parametrize("avatar", ["painted_child.jpg", "cartoon_boy.jpg"])
+def test_a_closing_lid_slides_down_whole_and_closes_to_the_corners(shared_data, avatar):
+    """Both eyes shut: every column of each upper lid meets its lower lid (the cartoon's big eyes too,
+    whose outer lid passes below the corner), the row above the lid travels down with it (the lashes
+    and lid margin slide over the eye instead of stretching) and nothing is left folded."""
+    node = make_node([shared_data / "avatars" / avatar], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    shut = lm.copy()
+    for up, lo in ((rk.EYE_R_UP, rk.EYE_R_LO), (rk.EYE_L_UP, rk.EYE_L_LO)):
+        shut[up] = lm[lo]
+    out = run(node, [face_of(shut)])
+    for up, lo, up1 in ((rk.EYE_R_UP, rk.EYE_R_LO, rk.EYE_R_UP1), (rk.EYE_L_UP, rk.EYE_L_LO, rk.EYE_L_UP1)):
+        rest = lm[lo, 1] - lm[up, 1]
+        gap = node.dst[lo, 1] - node.dst[up, 1]
+        assert np.all(np.abs(gap) < 0.1 * rest.max()), (avatar, gap, rest)
+        lid_down = node.dst[up[3], 1] - lm[up[3], 1]
+        row_down = node.dst[up1[3], 1] - lm[up1[3], 1]
+        assert row_down > 0.5 * lid_down > 0
+    assert no_holes(node, out)
+    assert (rk.signed_areas(node.dst, node.rig.tris) * node.rig.src_sign < 0)[node.rig.check].sum() == 0
 
 
 # ---- a real clip: no holes, no folds; drivers with no face or two faces ---------------------------
@@ -302,13 +353,35 @@ def test_recalibrate_takes_a_new_neutral(child):
     node = make_node([child], idle=False, neutral="first")
     lm = node.rig.lm.copy()
     run(node, [face_of(lm)])
-    opened = _mouth_open(lm, 0.3)
-    run(node, [face_of(opened)])
-    assert node.mouth.amount > 0.5
+    raised = lm.copy()
+    raised[np.r_[rk.BROW_R, rk.BROW_L], 1] -= 0.1 * np.ptp(lm[rk.FACE_OVAL, 0])
+    run(node, [face_of(raised)])
+    assert np.abs(node.dst - node.rig.src2).max() > 2.0
     node.command("recalibrate", {})
-    out = run(node, [face_of(opened)])  # the open mouth is the new neutral
-    assert node.mouth.amount == 0.0
+    out = run(node, [face_of(raised)])  # the raised brows are the new neutral
+    assert np.abs(node.dst - node.rig.src2).max() < 0.25
     assert np.abs(out.astype(np.float32) - node.canvas).mean() < 0.5
+
+
+def test_a_neutral_taken_mid_word_opens_the_avatars_mouth_and_never_crosses_the_lips(child):
+    """The first tracked frame has the mouth open: the avatar's mouth is as open as the driver's, and
+    when the driver closes the mouth the avatar's closes to its own rest, the lower lip never above the
+    upper one (relative motion alone would push it through by the neutral's opening)."""
+    node = make_node([child], idle=False, neutral="first")
+    lm = node.rig.lm.copy()
+    rest = float(rk.lip_gap(lm))
+    opened = _mouth_open(lm, 0.2)
+    want = float(rk.lip_gap(opened))
+    run(node, [face_of(opened)])  # the neutral
+    assert want - rest > 0.1
+    assert abs(float(rk.lip_gap(_placed(node))) - want) < 0.2 * (want - rest)
+    assert node.mouth.amount > 0.5
+    run(node, [face_of(lm)])  # the driver closes the mouth
+    placed = _placed(node)
+    assert abs(float(rk.lip_gap(placed)) - rest) < 0.02
+    below = placed[rk.INNER_LOWER[2:7], 1] - placed[rk.INNER_UPPER[3:8], 1]  # facing inner-lip points
+    assert below.min() > -1.0
+    assert node.mouth.amount == 0.0
 
 
 def test_auto_neutral_picks_the_frame_most_like_the_avatar(child):
@@ -515,3 +588,24 @@ def test_nods_of_a_three_quarter_portrait_are_not_cut_down(shared_data):
     assert abs(want) > 0.05
     assert 0.75 < got / want < 1.25
     assert no_holes(node, out)
+
+
+def test_the_avatars_eye_line_tilts_as_the_drivers_in_the_picture(shared_data, talking):
+    """A frontal driver nods and tilts; on the three-quarter pearl earring (and the frontal child) the
+    eye line's angle in the picture changes as the driver's does: a nod adds no tilt, a tilt is kept."""
+    from nodes import face_metrics as fmx
+
+    _, lms = talking
+    drv = next(x for x in lms if x is not None).astype(np.float64)
+    pv = rk.Motion._pivot(drv)
+    for avatar in ("pearl_earring.jpg", "painted_child.jpg"):
+        node = make_node([shared_data / "avatars" / avatar], idle=False, follow=0.0)
+        run(node, [face_of(drv)])
+        roll0 = float(fmx.roll_deg(_placed(node)))
+        for pitch, roll in ((10.0, 0.0), (-10.0, 0.0), (0.0, 6.0), (8.0, -5.0)):
+            r = cv2.Rodrigues(np.radians([pitch, 0.0, roll]))[0]
+            moved = (drv - pv) @ r.T + pv
+            run(node, [face_of(moved)])
+            want = float(fmx.roll_deg(moved) - fmx.roll_deg(drv))
+            got = float(fmx.roll_deg(_placed(node))) - roll0
+            assert abs(got - want) < 0.5, (avatar, pitch, roll, got, want)
