@@ -15,10 +15,10 @@ Per chosen face, per frame, working only inside the face's box:
      ``yaw_limit`` / ``pitch_limit``, as the face gets tiny, or as the tracker eases a lost face out;
   4. the texture is mapped through mediapipe's dense face mesh (852 triangles, nearest first,
      back-facing ones skipped) onto the live landmarks and blended (``engine.kernels.texmap``: numba
-     on the CPU, torch on CUDA); ``blend: seamless`` (default) adds a gradient-domain step: the
-     live shading along the mask's edge spread over the face as a smooth membrane; ``blend: relight``
-     keeps the avatar's features at full contrast and gives them the live face's light: per pixel
-     v * gain + offset, both low-frequency fields from the live and the warped avatar skin.
+     on the CPU, torch on CUDA); ``blend: relight`` (default) gives the avatar's features the live
+     face's light and detail contrast: per pixel v * gain + offset, both low-frequency fields from the
+     live and the warped avatar skin; ``blend: seamless`` adds a gradient-domain step instead: the
+     live shading along the mask's edge spread over the face as a smooth membrane.
 
 The mesh has no triangles over the eye openings or between the lips, so the streamer's own eyes and
 mouth interior always show through: avatar lips are never stretched over an open mouth.
@@ -579,7 +579,7 @@ class FaceSwap(Node):
               min=0.0, max=1.0, step=0.1),
         Param("color_smoothing", "float", 0.5, "time constant of the colour statistics, seconds (steadier "
               "colour, slower to follow a lighting change)", min=0.0, max=10.0, step=0.1),
-        Param("blend", "choice", "seamless", "seamless: a gradient-domain step on top of the feathered mask: the "
+        Param("blend", "choice", "relight", "seamless: a gradient-domain step on top of the feathered mask: the "
               "live face's shading along the mask's edge spreads smoothly over the avatar (no step at the edge "
               "when avatar and room light differ); relight: the live face's own light and skin colour "
               "everywhere, the avatar's features on top at the live face's own detail contrast (a painted "

@@ -366,7 +366,7 @@ def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, ta
     frames, faces = talking
     f, fc = frames[8], faces[8]
     dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
-    n = swap_node(shared_data, f.shape[:2], color="none")
+    n = swap_node(shared_data, f.shape[:2], color="none", blend="seamless")
     got = []
     build = n.mask.lighting_offset
     n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)[0].copy()) or (got[-1], None)
