@@ -493,6 +493,14 @@ class Evaluator:
             for clip in clips:
                 for av in avatars:
                     runs.append(self._one("cross", clip, av, self.suite.cross))
+        if ceiling:
+            floors = {str(av): self.jitter_floor(av) for av in avatars if av is not None}
+            for r in runs:
+                f = r.get("figures", {})
+                fl = floors.get(str(r.get("avatar_path")))
+                if r["kind"] == "cross" and fl is not None and f.get("jitter_driver", 0) > 0:
+                    f["jitter_floor_ratio"] = fl["figures"]["jitter_floor"] / f["jitter_driver"]
+            runs += list(floors.values())
         if self_reenact and self.suite.self_:
             with tempfile.TemporaryDirectory(prefix="avatarcast-eval-") as tmp:
                 for clip in clips:
@@ -544,13 +552,32 @@ class Evaluator:
         self.progress(f"{'ceil':<5} {clip.name:<26} {rec['avatar']:<34}  motion r {_fmt(figures['motion_r'])}")
         return rec
 
+    def jitter_floor(self, avatar: Path, frames: int = 60, noise: float = 2.0) -> dict:
+        """The re-detection's own jitter on this avatar: the still avatar image with camera-like noise
+        (Gaussian, ``noise`` grey levels, fixed seed) re-detected over ``frames`` frames. Nothing moves,
+        so this is the least landmark jitter any output of this avatar can show (a 'floor' run; no
+        target). A painting or an animal re-detects far less steadily than a photo."""
+        img = cv2.imread(str(avatar))
+        rng = np.random.default_rng(0)
+        self._out.reset()
+        lms = []
+        for _ in range(frames if img is not None else 0):
+            noisy = np.clip(img.astype(np.float32) + rng.normal(0.0, noise, img.shape), 0, 255).astype(np.uint8)
+            found = self._out.detect(noisy)
+            lms.append(found[0] if found else np.full((478, 3), np.nan, np.float32))
+        j = fmx.jitter(np.array(lms)) if len(lms) >= 3 else float("nan")
+        rec = {"kind": "floor", "clip": "(still image + noise)", "avatar": avatar.name, "figures": {"jitter_floor": j}}
+        self.progress(f"{'floor':<5} {rec['clip']:<26} {avatar.name:<34}  jitter {_fmt(j)}")
+        return rec
+
     def _one(self, kind: str, clip: Path, avatar: Path | None, measures: list[Callable[[], Measure]],
              label: str | None = None) -> dict:
         from engine.runtime import Engine
         from engine.sources import VideoSource
 
         name = label or (avatar.name if avatar else "-")
-        rec: dict[str, Any] = {"kind": kind, "clip": clip.name, "avatar": name}
+        rec: dict[str, Any] = {"kind": kind, "clip": clip.name, "avatar": name,
+                               "avatar_path": None if avatar is None else str(avatar)}
         # an avatar given for the run replaces the preset's (a bare --pipeline has none of its own)
         preset = with_avatar(self.preset, avatar) if avatar is not None else self.preset
         src = VideoSource(clip)
@@ -647,6 +674,12 @@ def report_lines(result: dict) -> list[str]:
         if feats:
             lines.append(f"  {what}: " + ", ".join(f"{k.removeprefix('r_')} {_fmt(_nanmean([r['figures'][k] for r in runs]))}"
                                                    for k in feats))
+    ratios = [r["figures"]["jitter_floor_ratio"] for r in result["runs"]
+              if r["kind"] == "cross" and math.isfinite(r.get("figures", {}).get("jitter_floor_ratio", float("nan")))]
+    if ratios:
+        lines.append(f"  jitter floor (the still avatar with camera noise, re-detected) over the driver's jitter: "
+                     f"worst pair {_fmt(max(ratios))}; the floor alone is above 1.2 on {sum(x > 1.2 for x in ratios)} "
+                     f"of {len(ratios)} pairs")
     for s in result["summary"]:
         verdict = "n/a" if s["pass"] is None else ("pass" if s["pass"] else "FAIL")
         lines.append(f"  {verdict:<4}  {s['target']}: {_fmt(s['got'])} (target {s['op']} {s['value']:g})")

@@ -163,3 +163,14 @@ def test_a_new_suite_plugs_in(clips):
         assert res["summary"][0]["pass"] is False and res["summary"][0]["got"] == pytest.approx(gain)
     finally:
         ev.SUITES.pop(suite.name)
+
+
+def test_jitter_floor_is_the_detectors_own_noise_on_a_still_avatar(shared_data):
+    with ev.Evaluator(ev.pipeline_preset("[]"), ev.SUITES["reenact"], max_frames=10, progress=lambda s: None) as e:
+        child = shared_data / "avatars" / "painted_child.jpg"
+        rec = e.jitter_floor(child, frames=30)
+        dog = e.jitter_floor(shared_data / "avatars" / "dog.jpg", frames=30)["figures"]["jitter_floor"]
+    assert rec["kind"] == "floor" and rec["avatar"] == "painted_child.jpg"
+    child_floor = rec["figures"]["jitter_floor"]
+    # nothing moves, yet the landmarks do: camera noise alone, on a dog far more than on a portrait
+    assert 0.0 < child_floor < 0.5 * dog
