@@ -360,47 +360,43 @@ def test_seamless_blend_runs_and_differs_only_inside_the_face(shared_data, talki
     assert not diff[:, : max(x0 - 2, 0)].any() and not diff[:, x1 + 3:].any()
 
 
-def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, talking):
-    from nodes.faceswap import MEMBRANE_LIMIT
-
+def _dim_room(shared_data, talking, blend):
+    """A frame darkened to a dim room, swapped with ``blend`` and with ``alpha`` (the avatar not
+    recoloured). Returns the frame's face, the dim frame, both swaps, the last (offset, gain) and
+    how far each swap's face brightness is from the dim live face's."""
     frames, faces = talking
     f, fc = frames[8], faces[8]
-    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
-    n = swap_node(shared_data, f.shape[:2], color="none", blend="seamless")
+    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))
+    n = swap_node(shared_data, f.shape[:2], color="none", blend=blend)
     got = []
     build = n.mask.lighting_offset
-    n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)[0].copy()) or (got[-1], None)
+    n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)) or got[-1]
     s = swap(n, dark, fc)
     a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
-    off = got[-1]
-    # the membrane darkens the avatar by more than the old 30-level cap, never past its limit
-    assert off.min() < -40.0 and np.abs(off).max() <= MEMBRANE_LIMIT + 1e-3
-    # so the swapped face's brightness is nearer the dim live face's than the alpha blend's
     x0, y0, x1, y1 = (int(v) for v in fc[0].box)
     roi = (slice(y0, y1), slice(x0, x1))
     live = dark[roi].astype(float).mean()
-    assert abs(s[roi].astype(float).mean() - live) < 0.6 * abs(a[roi].astype(float).mean() - live)
+    gaps = [abs(img[roi].astype(float).mean() - live) for img in (s, a)]
+    return f, fc, got[-1], gaps
+
+
+def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, talking):
+    from nodes.faceswap import MEMBRANE_LIMIT
+
+    _, _, (off, gain), (gap, gap_alpha) = _dim_room(shared_data, talking, "seamless")
+    # the membrane darkens the avatar by more than the old 30-level cap, never past its limit
+    assert gain is None and off.min() < -40.0 and np.abs(off).max() <= MEMBRANE_LIMIT + 1e-3
+    # so the swapped face's brightness is nearer the dim live face's than the alpha blend's
+    assert gap < 0.6 * gap_alpha
 
 
 def test_relight_takes_the_live_light_and_keeps_the_avatars_features(shared_data, talking):
     from nodes.faceswap import RELIGHT_GAIN
 
-    frames, faces = talking
-    f, fc = frames[8], faces[8]
-    dark = np.ascontiguousarray((f * 0.3).astype(np.uint8))  # a dim room; the avatar is not recoloured
-    n = swap_node(shared_data, f.shape[:2], color="none", blend="relight")
-    got = []
-    build = n.mask.lighting_offset
-    n.mask.lighting_offset = lambda *a, **k: got.append(build(*a, **k)) or got[-1]
-    r = swap(n, dark, fc)
-    a = swap(swap_node(shared_data, f.shape[:2], color="none", blend="alpha"), dark, fc)
-    off, gain = got[-1]
+    f, fc, (off, gain), (gap, gap_alpha) = _dim_room(shared_data, talking, "relight")
     assert gain is not None and gain.shape == off.shape
     assert gain.min() >= 0.0 and gain.max() <= RELIGHT_GAIN + 1e-4 and gain.min() < 0.6  # a dim room: darkened
-    x0, y0, x1, y1 = (int(v) for v in fc[0].box)
-    roi = (slice(y0, y1), slice(x0, x1))
-    live = dark[roi].astype(float).mean()
-    assert abs(r[roi].astype(float).mean() - live) < 0.3 * abs(a[roi].astype(float).mean() - live)
+    assert gap < 0.3 * gap_alpha
     # the avatar's features are drawn at the live face's own fine-detail contrast (within limits): a
     # crisper live face gets crisper features
     from nodes.faceswap import CONTRAST_RANGE
