@@ -826,6 +826,12 @@ class MouthPainter:
         sh = 3  # 1/8 pixel precision
         off = np.array([x0, y0])
         cv2.fillPoly(m, [np.round((poly - off) * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
+        # never outside the lips: where a turn or a wide smile puts an inner-lip corner past the outer
+        # one, the cavity would paint a dark wedge onto the cheek
+        lips = self.teeth_mask[y0:y1, x0:x1]
+        lips[...] = 0
+        cv2.fillPoly(lips, [np.round((dst[OUTER_LIPS] - off) * (1 << sh)).astype(np.int32)], 255, cv2.LINE_AA, sh)
+        np.minimum(m, lips, out=m)
         pt = self.patch[y0:y1, x0:x1]
         pt[...] = self.cavity.astype(np.uint8)
         if t > 0.0:

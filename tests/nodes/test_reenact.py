@@ -609,3 +609,26 @@ def test_the_avatars_eye_line_tilts_as_the_drivers_in_the_picture(shared_data, t
             want = float(fmx.roll_deg(moved) - fmx.roll_deg(drv))
             got = float(fmx.roll_deg(_placed(node))) - roll0
             assert abs(got - want) < 0.5, (avatar, pitch, roll, got, want)
+
+
+def test_mouth_cavity_never_paints_outside_the_lips():
+    """An inner-lip corner placed past the outer one (a turn, a wide smile) must not put a dark wedge
+    on the cheek: the cavity is clipped to the outer-lip polygon."""
+    repo = Path(__file__).resolve().parents[2]
+    img = cv2.imread(str(repo / "presets" / "assets" / "demo_avatar.png"))
+    lm = np.load(repo / "presets" / "assets" / "demo_avatar.npz")["landmarks"].astype(np.float64)
+    painter = rk.MouthPainter(img.shape[:2], lm, img, teeth=False)
+    dst = lm[:, :2].copy()
+    mw = np.linalg.norm(dst[rk.MOUTH_R] - dst[rk.MOUTH_L])
+    dst[rk.LIP_BOTTOM] += (0, 0.3 * mw)  # open the mouth
+    for i in (14, 87, 178, 317, 402):  # the lower inner lip with it
+        dst[i] += (0, 0.25 * mw)
+    dst[308] += (0.3 * mw, 0.1 * mw)  # the right inner corner far past the outer corner
+    out = img.copy()
+    painter.paint(out, dst)
+    assert painter.amount > 0.5
+    changed = np.abs(out.astype(int) - img).sum(-1) > 0
+    lips = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(lips, [np.round(dst[rk.OUTER_LIPS]).astype(np.int32)], 1)
+    lips = cv2.dilate(lips, np.ones((3, 3), np.uint8)).astype(bool)  # the polygon's anti-aliased rim
+    assert changed.any() and not (changed & ~lips).any()
