@@ -1240,7 +1240,7 @@ def open_mouth(lm: np.ndarray, amount: float) -> np.ndarray:
     x_mid = lm[LIP_BOTTOM, 0]
     below = lm[:, 1] > y_mouth - 0.02 * mw
     t = np.clip((lm[:, 1] - y_mouth) / (y_chin - y_mouth + 1e-6), 0.0, 1.0)
-    side = np.clip(1.0 - np.abs(lm[:, 0] - x_mid) / (2.2 * mw), 0.0, 1.0) ** 0.7
+    side = np.clip(1.0 - np.abs(lm[:, 0] - x_mid) / (4.0 * mw), 0.0, 1.0) ** 0.5
     drop = amount * mw * (1.0 - 0.25 * t) * side
     out[below, 1] += drop[below]
     out[INNER_LOWER, 1] = lm[INNER_LOWER, 1] + amount * mw * side[INNER_LOWER]
