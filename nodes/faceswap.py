@@ -70,6 +70,7 @@ MEMBRANE_LIMIT = 80.0
 RELIGHT_SIGMA = 0.15
 RELIGHT_GAIN = 2.0
 MAX_HUE_TURN = math.radians(25.0)  # relight: the largest turn of the avatar's chroma towards the live skin's hue
+CHANNEL_SPREAD = 1.25  # relight: each channel's gain within this factor of the luma gain
 CONTRAST_RANGE = (0.5, 1.0)  # relight: the avatar's features drawn at this fraction of their contrast at most
 FLIP_MIN_YAW = 12.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
 XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of flip crossfades over this long
@@ -494,17 +495,19 @@ class SwapMask:
         """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
         features on top. With L and A the live and warped-avatar crops blurred alike over the skin the
         mesh covers (eyes, brows and lips left out, so the live face's own features do not show
-        through), the avatar colour v becomes v * g + (L - g * A) per channel, with g the ratio of
-        their lumas (limited to 1/RELIGHT_GAIN..RELIGHT_GAIN, then times the contrast, ``_contrast``):
+        through), the avatar colour v becomes v * g + (L - g * A) per channel, with g = L / A (near the
+        ratio of their lumas; see below), then times the contrast (``_contrast``):
         exactly L where the avatar is flat, and the avatar's detail scaled into the live light (a dark
         painted shadow or a three-quarter avatar's shaded cheek takes the live face's light instead).
         Linear in the current frame."""
         live_low, avatar_low = self._lowpass(small, covered.astype(np.float32), 2, RELIGHT_SIGMA)
-        # one gain for the three channels, from the luma: the recolour has already given the avatar's
-        # skin the live skin's hue, and a per-channel gain would swing a many-coloured avatar (fur, paint)
+        # per channel (a shadow darkens each channel by the same factor, so the avatar's dark eye
+        # sockets keep a warm hue on the live skin instead of turning grey-violet), but each within
+        # CHANNEL_SPREAD of the luma gain: the recolour has already brought the avatar's skin to the live
+        # hue, and free channel gains would swing a many-coloured avatar (fur, paint) into greens
         y = np.array([0.114, 0.587, 0.299], np.float32)  # BGR luma weights
-        g = np.clip((live_low @ y) / np.maximum(avatar_low @ y, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)
-        g = np.repeat(g[..., None], 3, axis=-1)
+        g = np.clip((live_low @ y) / np.maximum(avatar_low @ y, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)[..., None]
+        g = np.clip(live_low / np.maximum(avatar_low, 1.0), g / CHANNEL_SPREAD, g * CHANNEL_SPREAD)
         c = self._contrast(small, live_low, avatar_low, covered, g)
         if st is not None:  # smoothed over about half a second: no pumping
             st.contrast = c if st.contrast is None else st.contrast + (c - st.contrast) * 0.1

@@ -391,11 +391,14 @@ def test_seamless_membrane_corrects_a_strong_lighting_difference(shared_data, ta
 
 
 def test_relight_takes_the_live_light_and_keeps_the_avatars_features(shared_data, talking):
-    from nodes.faceswap import RELIGHT_GAIN
+    from nodes.faceswap import CHANNEL_SPREAD, RELIGHT_GAIN
 
     f, fc, (off, gain), (gap, gap_alpha) = _dim_room(shared_data, talking, "relight")
     assert gain is not None and gain.shape == off.shape
-    assert gain.min() >= 0.0 and gain.max() <= RELIGHT_GAIN + 1e-4 and gain.min() < 0.6  # a dim room: darkened
+    assert gain.min() >= 0.0 and gain.max() <= RELIGHT_GAIN * CHANNEL_SPREAD + 1e-4
+    assert gain.min() < 0.6  # a dim room: darkened
+    lit = gain.min(-1) > 1e-3
+    assert (gain.max(-1)[lit] <= gain.min(-1)[lit] * CHANNEL_SPREAD ** 2 + 1e-4).all()  # channels stay together
     assert gap < 0.3 * gap_alpha
     # the avatar's features are drawn at the live face's own fine-detail contrast (within limits): a
     # crisper live face gets crisper features
