@@ -51,6 +51,28 @@ def bilinear_ref(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     return top + ay * (bot - top)
 
 
+def tri_affines(dst_pts: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each triangle, ``bary`` (T, 2, 3): rows giving l1, l2 = M @ (x, y, 1) (l0 = 1 - l1 - l2), and
+    ``ok`` (T,) bool: False for degenerate (zero-area) triangles."""
+    p0 = dst_pts[tris[:, 0]]
+    p1 = dst_pts[tris[:, 1]]
+    p2 = dst_pts[tris[:, 2]]
+    e1 = p1 - p0
+    e2 = p2 - p0
+    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = np.abs(det) > 1e-9
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    m = np.empty((len(tris), 2, 3), np.float64)
+    # [l1, l2] = inv([e1 e2]) @ (p - p0)
+    m[:, 0, 0] = e2[:, 1] * inv
+    m[:, 0, 1] = -e2[:, 0] * inv
+    m[:, 1, 0] = -e1[:, 1] * inv
+    m[:, 1, 1] = e1[:, 0] * inv
+    m[:, 0, 2] = -(m[:, 0, 0] * p0[:, 0] + m[:, 0, 1] * p0[:, 1])
+    m[:, 1, 2] = -(m[:, 1, 0] * p0[:, 0] + m[:, 1, 1] * p0[:, 1])
+    return m, ok
+
+
 def tri_pixel_grid(pts: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> tuple[np.ndarray, np.ndarray] | None:
     """numpy reference: (yy, xx) integer grids of the pixels in the bounding box of triangle ``pts``
     (3, 2), clipped to the region [x0, x1) x [y0, y1); None when nothing is left."""

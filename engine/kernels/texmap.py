@@ -25,7 +25,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, bilinear_ref, check_frame, tri_pixel_grid
+from . import JIT, bilinear_ref, check_frame, tri_affines, tri_pixel_grid
 
 EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
 
@@ -36,18 +36,7 @@ def mesh_affines(tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray) -> 
     dp = np.asarray(dst_pts, np.float64)[:, :2]
     sp = np.asarray(tex_pts, np.float64)[:, :2]
     tr = np.asarray(tris, np.int64)
-    p0, p1, p2 = dp[tr[:, 0]], dp[tr[:, 1]], dp[tr[:, 2]]
-    e1, e2 = p1 - p0, p2 - p0
-    det = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    ok = np.abs(det) > 1e-9
-    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-    bary = np.empty((len(tr), 2, 3), np.float64)
-    bary[:, 0, 0] = e2[:, 1] * inv
-    bary[:, 0, 1] = -e2[:, 0] * inv
-    bary[:, 1, 0] = -e1[:, 1] * inv
-    bary[:, 1, 1] = e1[:, 0] * inv
-    bary[:, 0, 2] = -(bary[:, 0, 0] * p0[:, 0] + bary[:, 0, 1] * p0[:, 1])
-    bary[:, 1, 2] = -(bary[:, 1, 0] * p0[:, 0] + bary[:, 1, 1] * p0[:, 1])
+    bary, ok = tri_affines(dp, tr)
     s0, s1, s2 = sp[tr[:, 0]], sp[tr[:, 1]], sp[tr[:, 2]]
     # tex = s0 + l1 (s1 - s0) + l2 (s2 - s0), with l1, l2 affine in (x, y)
     d1, d2 = s1 - s0, s2 - s0
