@@ -51,6 +51,9 @@ def bilinear_ref(img: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     return top + ay * (bot - top)
 
 
+EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
+
+
 def tri_affines(dst_pts: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each triangle, ``bary`` (T, 2, 3): rows giving l1, l2 = M @ (x, y, 1) (l0 = 1 - l1 - l2), and
     ``ok`` (T,) bool: False for degenerate (zero-area) triangles."""
@@ -83,3 +86,63 @@ def tri_pixel_grid(pts: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> tuple
     if xa > xb or ya > yb:
         return None
     return np.mgrid[ya:yb + 1, xa:xb + 1]
+
+
+def bilinear_torch(img, sx, sy):
+    """torch twin of ``bilinear_ref``: ``img`` (H, W, C) tensor, ``sx``/``sy`` 1-D float64 tensors;
+    float64 (N, C)."""
+    h, w = img.shape[0], img.shape[1]
+    sx = sx.clamp(0.0, w - 1.0)
+    sy = sy.clamp(0.0, h - 1.0)
+    ix = sx.long().clamp(max=max(w - 2, 0))
+    iy = sy.long().clamp(max=max(h - 2, 0))
+    ax = (sx - ix)[:, None]
+    ay = (sy - iy)[:, None]
+    jx = (ix + 1).clamp(max=w - 1)
+    jy = (iy + 1).clamp(max=h - 1)
+    s = img.double()
+    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
+    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
+    return top + ay * (bot - top)
+
+
+def owner_torch(dst_pts: np.ndarray, tris: np.ndarray, bary_np: np.ndarray, ok: np.ndarray, region, dev,
+                chunk: int):
+    """torch: for each pixel of ``region`` (x0, y0, x1, y1), the lowest index of a triangle whose
+    closed area (barycentric tolerance ``EPS``) holds the pixel centre, as an int64 tensor (rh * rw,),
+    ``torch.iinfo(int64).max`` where none does. Triangles are rasterised in chunks of similar
+    bounding-box size; each pixel keeps the smallest index (scatter_reduce amin). ``bary_np`` and
+    ``ok`` from ``tri_affines``."""
+    import torch
+
+    x0, y0, x1, y1 = region
+    pts = dst_pts[tris]  # (T, 3, 2)
+    bx0 = np.maximum(np.ceil(pts[..., 0].min(1) - 1e-6), x0).astype(np.int64)
+    bx1 = np.minimum(np.floor(pts[..., 0].max(1) + 1e-6), x1 - 1).astype(np.int64)
+    by0 = np.maximum(np.ceil(pts[..., 1].min(1) - 1e-6), y0).astype(np.int64)
+    by1 = np.minimum(np.floor(pts[..., 1].max(1) + 1e-6), y1 - 1).astype(np.int64)
+    idx = np.nonzero(ok & (bx1 >= bx0) & (by1 >= by0))[0]
+    order = idx[np.argsort(((bx1 - bx0 + 1) * (by1 - by0 + 1))[idx], kind="stable")]
+    rw, rh = x1 - x0, y1 - y0
+    owner = torch.full((rh * rw,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=dev)
+    bary = torch.as_tensor(bary_np, dtype=torch.float64, device=dev)
+    for c0 in range(0, len(order), chunk):
+        ts = order[c0:c0 + chunk]
+        cw = int((bx1 - bx0 + 1)[ts].max())
+        ch = int((by1 - by0 + 1)[ts].max())
+        tt = torch.as_tensor(ts, device=dev)
+        ox = (torch.as_tensor(bx0[ts], device=dev)[:, None, None]
+              + torch.arange(cw, device=dev)[None, None, :]).expand(len(ts), ch, cw)
+        oy = (torch.as_tensor(by0[ts], device=dev)[:, None, None]
+              + torch.arange(ch, device=dev)[None, :, None]).expand(len(ts), ch, cw)
+        valid = (ox <= torch.as_tensor(bx1[ts], device=dev)[:, None, None]) & \
+                (oy <= torch.as_tensor(by1[ts], device=dev)[:, None, None])
+        m = bary[tt]
+        fx, fy = ox.double(), oy.double()
+        l1 = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]
+        l2 = m[:, 1, 0, None, None] * fx + m[:, 1, 1, None, None] * fy + m[:, 1, 2, None, None]
+        inside = valid & (l1 >= -EPS) & (l2 >= -EPS) & (1.0 - l1 - l2 >= -EPS)
+        flat = ((oy - y0) * rw + (ox - x0))[inside]
+        tid = tt[:, None, None].expand(len(ts), ch, cw)[inside]
+        owner.scatter_reduce_(0, flat, tid, reduce="amin")
+    return owner

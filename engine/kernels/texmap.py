@@ -25,9 +25,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, bilinear_ref, check_frame, tri_affines, tri_pixel_grid
-
-EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
+from . import EPS, JIT, bilinear_ref, bilinear_torch, check_frame, owner_torch, tri_affines, tri_pixel_grid
 
 
 def mesh_affines(tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -247,34 +245,9 @@ def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chun
     dp = np.asarray(dst_pts, np.float64)[:, :2]
     tr = np.asarray(tris, np.int64)
     bary_np, tmap_np, ok = mesh_affines(tex_pts, dp, tr)
-    pts = dp[tr]
-    bx0 = np.maximum(np.ceil(pts[..., 0].min(1) - 1e-6), x0).astype(np.int64)
-    bx1 = np.minimum(np.floor(pts[..., 0].max(1) + 1e-6), x1 - 1).astype(np.int64)
-    by0 = np.maximum(np.ceil(pts[..., 1].min(1) - 1e-6), y0).astype(np.int64)
-    by1 = np.minimum(np.floor(pts[..., 1].max(1) + 1e-6), y1 - 1).astype(np.int64)
-    idx = np.nonzero(ok & (bx1 >= bx0) & (by1 >= by0))[0]
-    order = idx[np.argsort(((bx1 - bx0 + 1) * (by1 - by0 + 1))[idx], kind="stable")]
-    rw, rh = x1 - x0, y1 - y0
-    big = np.iinfo(np.int64).max
-    owner = torch.full((rh * rw,), big, dtype=torch.int64, device=dev)
-    bary = torch.as_tensor(bary_np, dtype=torch.float64, device=dev)
-    for c0 in range(0, len(order), chunk):
-        ts = order[c0:c0 + chunk]
-        cw = int((bx1 - bx0 + 1)[ts].max())
-        ch = int((by1 - by0 + 1)[ts].max())
-        tt = torch.as_tensor(ts, device=dev)
-        ox = (torch.as_tensor(bx0[ts], device=dev)[:, None, None] + torch.arange(cw, device=dev)[None, None, :]).expand(len(ts), ch, cw)
-        oy = (torch.as_tensor(by0[ts], device=dev)[:, None, None] + torch.arange(ch, device=dev)[None, :, None]).expand(len(ts), ch, cw)
-        valid = (ox <= torch.as_tensor(bx1[ts], device=dev)[:, None, None]) & \
-                (oy <= torch.as_tensor(by1[ts], device=dev)[:, None, None])
-        m = bary[tt]
-        fx, fy = ox.double(), oy.double()
-        l1 = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]
-        l2 = m[:, 1, 0, None, None] * fx + m[:, 1, 1, None, None] * fy + m[:, 1, 2, None, None]
-        inside = valid & (l1 >= -EPS) & (l2 >= -EPS) & (1.0 - l1 - l2 >= -EPS)
-        flat = ((oy - y0) * rw + (ox - x0))[inside]
-        tid = tt[:, None, None].expand(len(ts), ch, cw)[inside]
-        owner.scatter_reduce_(0, flat, tid, reduce="amin")
+    rw = x1 - x0
+    owner = owner_torch(dp, tr, bary_np, ok, (x0, y0, x1, y1), dev, chunk)
+    big = torch.iinfo(torch.int64).max
     a_flat = alpha.reshape(-1).to(dev).double().clamp(max=1.0)
     pix = torch.nonzero((owner != big) & (a_flat > 0)).squeeze(1)
     if pix.numel() == 0:
@@ -283,18 +256,9 @@ def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chun
     px = (pix % rw + x0).double()
     py = (pix // rw + y0).double()
     tm = torch.as_tensor(tmap_np, dtype=torch.float64, device=dev)[t]
-    th, tw = tex.shape[0], tex.shape[1]
-    sx = (tm[:, 0, 0] * px + tm[:, 0, 1] * py + tm[:, 0, 2]).clamp(0.0, tw - 1.0)
-    sy = (tm[:, 1, 0] * px + tm[:, 1, 1] * py + tm[:, 1, 2]).clamp(0.0, th - 1.0)
-    ix = sx.long().clamp(max=max(tw - 2, 0))
-    iy = sy.long().clamp(max=max(th - 2, 0))
-    ax = (sx - ix)[:, None]
-    ay = (sy - iy)[:, None]
-    jx = (ix + 1).clamp(max=tw - 1)
-    jy = (iy + 1).clamp(max=th - 1)
-    s = tex.double()
-    v = ((1.0 - ax) * (1.0 - ay) * s[iy, ix] + ax * (1.0 - ay) * s[iy, jx]
-         + (1.0 - ax) * ay * s[jy, ix] + ax * ay * s[jy, jx])
+    sx = tm[:, 0, 0] * px + tm[:, 0, 1] * py + tm[:, 0, 2]
+    sy = tm[:, 1, 0] * px + tm[:, 1, 1] * py + tm[:, 1, 2]
+    v = bilinear_torch(tex, sx, sy)
     if gain is not None:
         v = v * gain.to(dev).reshape(-1, 3)[pix].double()
     if offset is not None:

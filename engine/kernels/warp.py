@@ -19,9 +19,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import JIT, bilinear_ref, check_frame, tri_affines, tri_pixel_grid
-
-EPS = 1e-7  # barycentric tolerance: pixel centres on a shared edge belong to both triangles
+from . import EPS, JIT, bilinear_ref, bilinear_torch, check_frame, owner_torch, tri_affines, tri_pixel_grid
 
 
 @nb.njit(cache=True, nogil=True)
@@ -239,42 +237,12 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
     dp_np = np.asarray(dst_pts[:, :2], np.float64)
     tr_np = np.asarray(tris, np.int64)
     bary_np, ok = tri_affines(dp_np, tr_np)
-    pts = dp_np[tr_np]  # (T, 3, 2)
-    bx0 = np.maximum(np.ceil(pts[..., 0].min(1) - 1e-6), x0).astype(np.int64)
-    bx1 = np.minimum(np.floor(pts[..., 0].max(1) + 1e-6), x1 - 1).astype(np.int64)
-    by0 = np.maximum(np.ceil(pts[..., 1].min(1) - 1e-6), y0).astype(np.int64)
-    by1 = np.minimum(np.floor(pts[..., 1].max(1) + 1e-6), y1 - 1).astype(np.int64)
-    keep = ok & (bx1 >= bx0) & (by1 >= by0)
-    idx = np.nonzero(keep)[0]
-    bw = (bx1 - bx0 + 1)[idx]
-    bh = (by1 - by0 + 1)[idx]
-    order = idx[np.argsort(bw * bh, kind="stable")]
-    if not len(order):
+    if not ok.any():
         return res
-    rw, rh = x1 - x0, y1 - y0
-    big = np.iinfo(np.int64).max
-    owner = torch.full((rh * rw,), big, dtype=torch.int64, device=dev)
+    rw = x1 - x0
+    owner = owner_torch(dp_np, tr_np, bary_np, ok, (x0, y0, x1, y1), dev, chunk)
+    big = torch.iinfo(torch.int64).max
     bary = torch.as_tensor(bary_np, dtype=torch.float64, device=dev)
-    for c0 in range(0, len(order), chunk):
-        ts = order[c0:c0 + chunk]
-        cw = int((bx1 - bx0 + 1)[ts].max())
-        ch = int((by1 - by0 + 1)[ts].max())
-        tt = torch.as_tensor(ts, device=dev)
-        ox = torch.as_tensor(bx0[ts], device=dev)[:, None, None] + torch.arange(cw, device=dev)[None, None, :]
-        oy = torch.as_tensor(by0[ts], device=dev)[:, None, None] + torch.arange(ch, device=dev)[None, :, None]
-        ox = ox.expand(len(ts), ch, cw)
-        oy = oy.expand(len(ts), ch, cw)
-        valid = (ox <= torch.as_tensor(bx1[ts], device=dev)[:, None, None]) & \
-                (oy <= torch.as_tensor(by1[ts], device=dev)[:, None, None])
-        m = bary[tt]
-        fx, fy = ox.double(), oy.double()
-        l1 = m[:, 0, 0, None, None] * fx + m[:, 0, 1, None, None] * fy + m[:, 0, 2, None, None]
-        l2 = m[:, 1, 0, None, None] * fx + m[:, 1, 1, None, None] * fy + m[:, 1, 2, None, None]
-        l0 = 1.0 - l1 - l2
-        inside = valid & (l0 >= -EPS) & (l1 >= -EPS) & (l2 >= -EPS)
-        flat = ((oy - y0) * rw + (ox - x0))[inside]
-        tid = tt[:, None, None].expand(len(ts), ch, cw)[inside]
-        owner.scatter_reduce_(0, flat, tid, reduce="amin")
     covered = owner != big
     pix = torch.nonzero(covered).squeeze(1)
     t = owner[pix]
@@ -283,24 +251,12 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
     m = bary[t]
     l1 = m[:, 0, 0] * px + m[:, 0, 1] * py + m[:, 0, 2]
     l2 = m[:, 1, 0] * px + m[:, 1, 1] * py + m[:, 1, 2]
-    l0 = 1.0 - l1 - l2
     sp = torch.as_tensor(np.asarray(src_pts[:, :2], np.float64), device=dev)
     tri = torch.as_tensor(tr_np, device=dev)[t]
     p0x, p0y = sp[tri[:, 0], 0], sp[tri[:, 0], 1]
     sx = p0x + l1 * (sp[tri[:, 1], 0] - p0x) + l2 * (sp[tri[:, 2], 0] - p0x)
     sy = p0y + l1 * (sp[tri[:, 1], 1] - p0y) + l2 * (sp[tri[:, 2], 1] - p0y)
-    sx = sx.clamp(0.0, w - 1.0)
-    sy = sy.clamp(0.0, h - 1.0)
-    ix = sx.long().clamp(max=max(w - 2, 0))
-    iy = sy.long().clamp(max=max(h - 2, 0))
-    ax = (sx - ix)[:, None]
-    ay = (sy - iy)[:, None]
-    jx = (ix + 1).clamp(max=w - 1)
-    jy = (iy + 1).clamp(max=h - 1)
-    s = src.double()
-    top = s[iy, ix] + ax * (s[iy, jx] - s[iy, ix])
-    bot = s[jy, ix] + ax * (s[jy, jx] - s[jy, ix])
-    v = top + ay * (bot - top)
+    v = bilinear_torch(src, sx, sy)
     oyi = (pix // rw + y0)
     oxi = (pix % rw + x0)
     res[oyi, oxi] = (v + 0.5).clamp(0.0, 255.0).to(torch.uint8)
