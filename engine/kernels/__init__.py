@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+import numba as nb
 import numpy as np
 
 # numba's OpenMP workers sleep between kernels instead of spinning: on a 2-core machine shared with
@@ -19,6 +20,26 @@ import numpy as np
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 JIT = dict(cache=True, nogil=True, parallel=True, fastmath=False)
+
+
+@nb.njit(inline="always", cache=True)
+def bilinear_cell(sx, sy, w, h):
+    """The bilinear cell of the float pixel position (sx, sy), clamped to a w x h image: the two
+    columns, the two rows and the fractions (ix, jx, iy, jy, ax, ay). Inlined into the warp kernels;
+    ``bilinear_ref`` is the same in numpy."""
+    sx = min(max(sx, 0.0), w - 1.0)
+    sy = min(max(sy, 0.0), h - 1.0)
+    ix = min(int(sx), w - 2) if w > 1 else 0
+    iy = min(int(sy), h - 2) if h > 1 else 0
+    return ix, min(ix + 1, w - 1), iy, min(iy + 1, h - 1), sx - ix, sy - iy
+
+
+@nb.njit(inline="always", cache=True)
+def bilinear_at(img, ix, jx, iy, jy, ax, ay, k):
+    """Channel ``k`` of ``img`` sampled in the cell from ``bilinear_cell``, as float64."""
+    top = np.float64(img[iy, ix, k]) + ax * (np.float64(img[iy, jx, k]) - np.float64(img[iy, ix, k]))
+    bot = np.float64(img[jy, ix, k]) + ax * (np.float64(img[jy, jx, k]) - np.float64(img[jy, ix, k]))
+    return top + ay * (bot - top)
 
 
 def check_frame(a: np.ndarray, name: str = "frame") -> None:

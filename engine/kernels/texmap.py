@@ -25,7 +25,18 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import EPS, JIT, bilinear_ref, bilinear_torch, check_frame, owner_torch, tri_affines, tri_pixel_grid
+from . import (
+    EPS,
+    JIT,
+    bilinear_at,
+    bilinear_cell,
+    bilinear_ref,
+    bilinear_torch,
+    check_frame,
+    owner_torch,
+    tri_affines,
+    tri_pixel_grid,
+)
 
 
 def mesh_affines(tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -93,19 +104,11 @@ def _blend(src, tex, owner, tmap, alpha, offset, has_offset, gain, has_gain, x0,
             fx = np.float64(x)
             sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
             sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
-            sx = min(max(sx, 0.0), tw - 1.0)
-            sy = min(max(sy, 0.0), th - 1.0)
-            ix = min(int(sx), tw - 2) if tw > 1 else 0
-            iy = min(int(sy), th - 2) if th > 1 else 0
-            ax = sx - ix
-            ay = sy - iy
-            jx = min(ix + 1, tw - 1)
-            jy = min(iy + 1, th - 1)
+            ix, jx, iy, jy, ax, ay = bilinear_cell(sx, sy, tw, th)
             if a > 1.0:
                 a = 1.0
             for k in range(3):
-                v = ((1.0 - ax) * (1.0 - ay) * np.float64(tex[iy, ix, k]) + ax * (1.0 - ay) * np.float64(tex[iy, jx, k])
-                     + (1.0 - ax) * ay * np.float64(tex[jy, ix, k]) + ax * ay * np.float64(tex[jy, jx, k]))
+                v = bilinear_at(tex, ix, jx, iy, jy, ax, ay, k)
                 if has_gain:
                     v *= np.float64(gain[r, c, k])
                 if has_offset:

@@ -19,7 +19,18 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from . import EPS, JIT, bilinear_ref, bilinear_torch, check_frame, owner_torch, tri_affines, tri_pixel_grid
+from . import (
+    EPS,
+    JIT,
+    bilinear_at,
+    bilinear_cell,
+    bilinear_ref,
+    bilinear_torch,
+    check_frame,
+    owner_torch,
+    tri_affines,
+    tri_pixel_grid,
+)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -109,22 +120,9 @@ def _warp_rows(src, src_pts, dst_pts, tris, bary, y0, y1, x0, x1, starts, items,
                     continue
                 sx = sx0 + l1 * sx1 + l2 * sx2
                 sy = sy0 + l1 * sy1 + l2 * sy2
-                sx = min(max(sx, 0.0), w - 1.0)
-                sy = min(max(sy, 0.0), h - 1.0)
-                ix = min(int(sx), w - 2) if w > 1 else 0
-                iy = min(int(sy), h - 2) if h > 1 else 0
-                ax = sx - ix
-                ay = sy - iy
-                jx = min(ix + 1, w - 1)
-                jy = min(iy + 1, h - 1)
+                ix, jx, iy, jy, ax, ay = bilinear_cell(sx, sy, w, h)
                 for c in range(3):
-                    p00 = np.float64(src[iy, ix, c])
-                    p10 = np.float64(src[iy, jx, c])
-                    p01 = np.float64(src[jy, ix, c])
-                    p11 = np.float64(src[jy, jx, c])
-                    top = p00 + ax * (p10 - p00)
-                    bot = p01 + ax * (p11 - p01)
-                    v = top + ay * (bot - top)
+                    v = bilinear_at(src, ix, jx, iy, jy, ax, ay, c)
                     out[y, x, c] = np.uint8(min(max(v + 0.5, 0.0), 255.0))
                 cover[y, x] = 1
         for x in range(x0, x1):
