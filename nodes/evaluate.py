@@ -207,7 +207,10 @@ class FaceNormaliser:
         t = ALIGN_SIZE / 2 - (oval.max(0) + oval.min(0)) / 2 * s
         self.ref = lm * s + t
         m = np.array([[s, 0, t[0]], [0, s, t[1]]])
-        self.avatar = self._bandpass(cv2.warpAffine(avatar_image, m, (ALIGN_SIZE, ALIGN_SIZE), flags=cv2.INTER_AREA))
+        inside = cv2.warpAffine(np.ones(avatar_image.shape[:2], np.uint8), m, (ALIGN_SIZE, ALIGN_SIZE),
+                                flags=cv2.INTER_NEAREST).astype(bool)
+        self.avatar = self._bandpass(cv2.warpAffine(avatar_image, m, (ALIGN_SIZE, ALIGN_SIZE),
+                                                    flags=cv2.INTER_AREA), inside)
         tris = face_triangles()
         self.tris = tris[_signed_area(self.ref[tris]) > 0]
         # the inner face: the outline pulled in by 20% of the face width (where a swap's soft edge has
@@ -224,6 +227,7 @@ class FaceNormaliser:
         self.region = region.astype(bool)
         self._crop = np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)
         self._ones = np.ones((ALIGN_SIZE, ALIGN_SIZE), np.float32)
+        self._map = tk.TexMap()
         # the avatar's mirror image in its own geometry: what a swap shows when it draws the avatar
         # flipped to face the way the streamer turns (a mirrored face is the same face)
         from .face_model import canonical
@@ -231,10 +235,18 @@ class FaceNormaliser:
         self.avatar_mirrored = self(avatar_image, np.asarray(avatar_lm, np.float64)[canonical()[1]], mirrored=True)
 
     @staticmethod
-    def _bandpass(bgr: np.ndarray) -> np.ndarray:
-        """Lightness minus its blur (sigma 10 px at 128): the face's features, not the room's light."""
+    def _bandpass(bgr: np.ndarray, covered: np.ndarray) -> np.ndarray:
+        """Lightness minus its blur (sigma 10 px at 128): the face's features, not the room's light. Only
+        where ``covered`` (the mesh drew the pixel; NaN elsewhere), and the blur is normalised over the
+        covered pixels: the empty triangles of a turned face (hidden by the mesh) neither count as
+        black features nor darken the blur around them. (Two faces mapped from similar landmarks have
+        their holes in the same places: counted as features, the holes alone made them look alike.)"""
         lum = cv2.cvtColor(bgr.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB)[..., 0]
-        return lum - cv2.GaussianBlur(lum, (0, 0), 10.0)
+        c = covered.astype(np.float32)
+        low = cv2.GaussianBlur(lum * c, (0, 0), 10.0) / np.maximum(cv2.GaussianBlur(c, (0, 0), 10.0), 1e-3)
+        out = lum - low
+        out[~covered] = np.nan
+        return out
 
     def __call__(self, image: np.ndarray, lm: np.ndarray, mirrored: bool = False) -> np.ndarray:
         """``image`` with its face's landmarks ``lm`` mapped into the avatar's geometry, band-passed.
@@ -247,15 +259,19 @@ class FaceNormaliser:
         tris = self.tris[area < 0 if mirrored else area > 0]
         self._crop[:] = 0
         self._tk.texmap_numba(self._crop, np.ascontiguousarray(image), lm2, self.ref, tris, self._ones,
-                              (0, 0, ALIGN_SIZE, ALIGN_SIZE), self._crop)
-        return self._bandpass(self._crop)
+                              (0, 0, ALIGN_SIZE, ALIGN_SIZE), self._crop, self._map)
+        return self._bandpass(self._crop, self._map.owner >= 0)
 
     def distance(self, a: np.ndarray, b: np.ndarray) -> float:
-        """1 - zero-mean normalised cross-correlation of two normalised faces inside ``region``: 0 = the
+        """1 - zero-mean normalised cross-correlation of two normalised faces inside ``region`` where both
+        are covered: 0 = the
         same features, about 1 = unrelated. Insensitive to brightness, contrast and the global colour a
         face swap deliberately matches to the live lighting."""
-        x = a[self.region].astype(np.float64)
-        y = b[self.region].astype(np.float64)
+        m = self.region & np.isfinite(a) & np.isfinite(b)  # skin both faces show
+        if m.sum() < 64:
+            return float("nan")
+        x = a[m].astype(np.float64)
+        y = b[m].astype(np.float64)
         x -= x.mean()
         y -= y.mean()
         den = math.sqrt(float((x * x).sum() * (y * y).sum()))
