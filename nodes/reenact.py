@@ -16,7 +16,8 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      closing lid slides down with the skin rows above it (its lashes keep their shape over the eye).
      Rotations are applied in 3D about a pivot behind the face, then projected, turned about the view
      axis so that the eye line tilts in the picture as the driver's does (``Motion.match_roll``); big
-     turns are clamped.
+     turns are clamped, and a turn towards a three-quarter avatar's hidden side stops where its thin
+     strip of far-cheek pixels would be stretched past ``max_stretch`` (``AvatarRig._overstretched``).
   3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
      their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
      their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
@@ -87,6 +88,7 @@ EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 38
 
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
 RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
+STRETCH_SLACK = 0.01  # a turn may stretch this fraction of the face area past ``max_stretch`` (a few slivers)
 RELIEF = 1.0  # depth relief of the avatar's face used for rotations (1 = as detected)
 
 
@@ -646,6 +648,11 @@ class AvatarRig:
             deep = np.abs(self.verts[t[:, i], 2] - self.verts[t[:, j], 2])
             big &= ~(both & ((flat < 0.02 * self.fw) | (deep > flat)))
         self.ring_tris, self.ring_sign, self.ring_area = self.tris[big], self.src_sign[big], np.abs(area[big])
+        # the face's own triangles, to limit how far a turn may stretch them (``_overstretched``)
+        self.skin_tris, self.skin_sign = self.tris[self.face_tri], self.src_sign[self.face_tri]
+        self.skin_area = np.abs(area[self.face_tri])
+        self.face_area = float(self.skin_area.sum())
+        self.max_stretch = math.inf
         self.nb = mesh_neighbours()
         # the face triangles on the rows above the upper lids (``_lid_rows`` keeps them unfolded)
         rows = np.zeros(len(self.verts), bool)
@@ -698,6 +705,20 @@ class AvatarRig:
         rest = self.ring_tris
         return bool((signed_areas(placed[:, :2], rest) * self.ring_sign < -0.25 * self.ring_area).any())
 
+    def _overstretched(self, placed: np.ndarray, scale: float) -> bool:
+        """Whether a turn shows more of the avatar's hidden side than its pixels hold: the face area drawn
+        beyond ``max_stretch`` times its area in the picture (after the head's scale) is more than
+        STRETCH_SLACK of the face. A three-quarter portrait's far cheek is a thin strip of pixels;
+        turned to face the camera it would be smeared into streaks."""
+        if not math.isfinite(self.max_stretch):
+            return False
+        a = signed_areas(placed[:, :2], self.skin_tris) * self.skin_sign / (scale * scale)
+        excess = np.maximum(a - self.max_stretch * self.skin_area, 0.0).sum()
+        return bool(excess > STRETCH_SLACK * self.face_area)
+
+    def _too_far(self, placed: np.ndarray, pose: Pose) -> bool:
+        return self._ring_flips(placed) or self._overstretched(placed, pose.scale)
+
     def _rigid(self, verts: np.ndarray, pose: Pose, rot: np.ndarray) -> np.ndarray:
         """(V, 3) after the head motion; xy weighted per vertex (rings follow partly, the border not)."""
         moved = self.pivot + pose.scale * (verts - self.pivot) @ rot.T
@@ -741,15 +762,17 @@ class AvatarRig:
         verts[:N_LM] = lm
         rot = pose.rot
         # big turns: a face triangle that flips without any expression is self-occlusion, which the
-        # painter's order draws right; when hair or background would fold, turn less: the largest
-        # fraction of the turn that folds nothing (bisection: continuous, so no jumps between frames)
+        # painter's order draws right; when hair or background would fold, or the avatar's hidden side
+        # would be stretched from too few pixels, turn less: the largest fraction of the turn that does
+        # neither (bisection: continuous, so no jumps between frames)
         base3 = self._rigid(self.verts, pose, rot)
         self.turn_scale = 1.0
-        if self._ring_flips(base3):
+        if self._too_far(base3, pose):
             lo, hi = 0.0, 1.0
             for _ in range(6):
                 mid = 0.5 * (lo + hi)
-                if self._ring_flips(self._rigid(self.verts, pose.head_part(mid), rotation_scale(pose.rot, mid))):
+                part = pose.head_part(mid)
+                if self._too_far(self._rigid(self.verts, part, rotation_scale(pose.rot, mid)), part):
                     hi = mid
                 else:
                     lo = mid
@@ -1032,6 +1055,10 @@ class Reenact(Node):
               "like the avatar within the first `calibrate_s` seconds", choices=("first", "auto")),
         Param("calibrate_s", "float", 1.5, "seconds in which `neutral: auto` looks for the best neutral",
               min=0.0, max=10.0, step=0.5),
+        Param("max_stretch", "float", 3.0, "a turn that shows the hidden side of a three-quarter avatar stops "
+              "where its face would be stretched to more than this many times its area in the picture (its "
+              "far cheek is a thin strip of pixels, smeared into streaks when turned to the camera); 50 = no limit",
+              min=1.5, max=50.0, step=0.5),
         Param("max_turn", "float", 32.0, "largest head rotation passed to the avatar, degrees (softly clamped)",
               min=5.0, max=60.0, step=2.0),
         Param("follow", "float", 1.0, "how much of the driver's head shift the avatar follows (0 = stays put)",
@@ -1086,6 +1113,7 @@ class Reenact(Node):
         mesh = {"verts": data["verts"] * [s0, s0, s0] + [off0[0], off0[1], 0.0], "weight": data["weight"],
                 "tris": data["tris"], "rect": data["rect"] * s0 + np.r_[off0, off0]}
         self.rig = AvatarRig(main_lm, mesh)
+        self.rig.max_stretch = self._max_stretch()
         self.canvas = canvases[0]
         # extra shots: their own landmarks, and the main mesh's non-landmark vertices mapped by the
         # similarity between the main shot and that shot
@@ -1105,6 +1133,9 @@ class Reenact(Node):
         # compile and touch every path once (not on the first live frame)
         out = np.empty_like(self.canvas)
         self._render(Pose.rest(), out)
+
+    def _max_stretch(self) -> float:
+        return math.inf if self.p["max_stretch"] >= 50.0 else float(self.p["max_stretch"])
 
     def _landmark_files(self, paths: list[Path]) -> list[Path | None]:
         return landmark_files(self.ctx, paths)
@@ -1139,6 +1170,7 @@ class Reenact(Node):
     def params_changed(self, names) -> None:
         if hasattr(self, "motion"):
             self.motion.max_turn = self.p["max_turn"]
+            self.rig.max_stretch = self._max_stretch()
             self.motion.follow = self.p["follow"]
             self.mouth.teeth = self.p["teeth"]
 

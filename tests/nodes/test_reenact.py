@@ -632,3 +632,32 @@ def test_mouth_cavity_never_paints_outside_the_lips():
     cv2.fillPoly(lips, [np.round(dst[rk.OUTER_LIPS]).astype(np.int32)], 1)
     lips = cv2.dilate(lips, np.ones((3, 3), np.uint8)).astype(bool)  # the polygon's anti-aliased rim
     assert changed.any() and not (changed & ~lips).any()
+
+
+def test_a_turn_shows_no_more_of_a_three_quarter_avatars_hidden_side_than_its_pixels_hold(shared_data, child):
+    """Pearl earring turned 25 degrees towards her hidden cheek (a thin strip of pixels in the painting):
+    the turn stops where the face would be stretched past ``max_stretch`` (no streaks), continuously and
+    without holes; with no limit it turns all the way. A frontal avatar turns 20 degrees uncut."""
+    def excess(node) -> float:
+        rig = node.rig
+        a = rk.signed_areas(rig.last_base, rig.skin_tris) * rig.skin_sign
+        return float(np.maximum(a - rig.max_stretch * rig.skin_area, 0.0).sum() / rig.face_area)
+
+    pearl = shared_data / "avatars" / "pearl_earring.jpg"
+    turns = {}
+    for limit in (3.0, 50.0):
+        node = make_node([pearl], idle=False, follow=0.0, max_stretch=limit)
+        lm = node.rig.lm.copy()
+        run(node, [face_of(lm)])
+        out = run(node, [face_of(_yaw(lm, -25))])
+        turns[limit] = node.rig.turn_scale
+        assert no_holes(node, out)
+        if limit == 3.0:
+            assert excess(node) <= rk.STRETCH_SLACK + 1e-9
+    assert turns[50.0] == 1.0
+    assert 0.1 < turns[3.0] < 0.8  # turned less, but still turned
+    node = make_node([child], idle=False, follow=0.0)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    run(node, [face_of(_yaw(lm, 20))])
+    assert node.rig.turn_scale == 1.0
