@@ -7,7 +7,8 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      face (hair, ears, neck) and points on the border of a support rectangle. Cached by file content.
   2. ``Motion`` turns the driver's landmarks into the avatar's, relative to a driver neutral (FOMM's
      relative mode): a 3D similarity fit gives the driver's head rotation, scale and shift since the
-     neutral; what remains is expression, mapped into the avatar's face frame and size, with mouth and
+     neutral; what remains is expression, mapped into the avatar's face frame and size (through the
+     local shape difference of the two faces, one shared map for the whole mouth), with mouth and
      brow gains calibrated at the neutral (``calibrate_gains``) so that the avatar's mouth width, mouth
      opening and brow height change by as much, relative to its face, as the driver's. A neutral taken
      with the mouth open is closed first (``close_mouth``): the avatar's mouth opens as far as the
@@ -362,6 +363,27 @@ def local_jacobians(src: np.ndarray, dst: np.ndarray, idx: np.ndarray, mask: np.
     return j
 
 
+def mouth_coherent(jac: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """The local maps ``jac`` (468, 2, 2) with those of the mouth replaced by one shared map (their
+    mean), fading back to the local ones over a third of the mouth's width outside the lips. Per
+    vertex, the lips' maps differ as the two faces' lip thicknesses do: a thin-lipped avatar's upper lip
+    magnified the driver's downward motion 1.5 times and its lower lip 0.6 times, so a mouth moving
+    down as a whole (a pout, the jaw) pushed the upper lip through the lower one at the corners, drawn
+    as a saw-tooth. One map keeps the lips' motion coherent; their shape still maps through it."""
+    p = lm[:468, :2]
+    lips = p[OUTER_LIPS]
+    c = lips.mean(0)
+    mw = float(np.ptp(lips[:, 0])) + 1e-6
+    inside = np.zeros(468)
+    poly = (c + (lips - c) * 1.15).astype(np.float32)
+    for i in range(468):
+        d = cv2.pointPolygonTest(poly, (float(p[i, 0]), float(p[i, 1])), True)  # > 0 inside, px
+        inside[i] = np.clip(1.0 + d / (0.33 * mw), 0.0, 1.0)
+    core = inside >= 1.0
+    shared = jac[core].mean(0)
+    return jac + inside[:, None, None] * (shared - jac)
+
+
 def _gauss(p: np.ndarray, centre: np.ndarray, sigma: float) -> np.ndarray:
     return np.exp(-((p - centre) ** 2).sum(-1) / (2.0 * sigma * sigma))
 
@@ -482,7 +504,7 @@ class Motion:
         # deformation transfer: an expression offset at a driver vertex maps through the local shape
         # difference between the driver's neutral face and the avatar's (a shorter chin moves less)
         aligned = self.s_na * n @ self.r_na.T + t_na
-        self.jac = local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask)
+        self.jac = mouth_coherent(local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask), self.avatar)
         self.pivot_n = self._pivot(n)
         self.gaps_n = np.maximum(_eye_gaps(n), 0.02)
         self.gain_x = np.ones(N_LM)

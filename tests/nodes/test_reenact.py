@@ -661,3 +661,22 @@ def test_a_turn_shows_no_more_of_a_three_quarter_avatars_hidden_side_than_its_pi
     run(node, [face_of(lm)])
     run(node, [face_of(_yaw(lm, 20))])
     assert node.rig.turn_scale == 1.0
+
+
+def test_the_lips_never_cross_when_a_thin_lipped_avatar_pouts(shared_data, talking):
+    """The cartoon's lips are thinner than the driver's: each lip vertex's own deformation map once
+    magnified the driver's downward mouth motion 1.5x on the upper lip and 0.6x on the lower one, so
+    a pout pushed the upper lip through the lower one at the corners (a saw-tooth). Over 120 real
+    frames, every outer upper-lip point stays above the lower-lip point beneath it."""
+    frames, lms = talking
+    node = make_node([shared_data / "avatars" / "cartoon_boy.jpg"], idle=False)
+    pairs = np.array([(185, 146), (40, 91), (39, 181), (37, 84), (0, 17), (267, 314), (269, 405), (270, 321),
+                      (409, 375)])
+    worst = np.inf
+    for lm in lms[:120]:
+        run(node, [face_of(lm)] if lm is not None else [])
+        d = node.dst
+        _, v = rk.fmx.face_axes(_placed(node))
+        gap = ((d[pairs[:, 1]] - d[pairs[:, 0]]) @ v)  # down the face: lower minus upper
+        worst = min(worst, float(gap.min()))
+    assert worst > -0.5, worst
