@@ -825,6 +825,9 @@ class MouthPainter:
 
     CAVITY = (0.005, 0.04)  # the cavity fades in from this gap beyond the avatar's own, over this one (x mouth width)
     TEETH = (0.04, 0.10)  # the teeth likewise, from and over
+    # where one tooth meets the next, from the middle of the mouth, x the mouth width: the central
+    # incisors, the lateral ones, the canines
+    TOOTH_EDGES = (0.0, 0.105, 0.19, 0.265)
 
     def __init__(self, shape: tuple[int, int], avatar: np.ndarray, image: np.ndarray, teeth: bool):
         h, w = shape
@@ -843,10 +846,7 @@ class MouthPainter:
         self.cavity = np.clip(lip * 0.25 + [8, 6, 14], 0, 255)
         face = np.zeros(image.shape[:2], np.uint8)
         cv2.fillPoly(face, [np.round(p[FACE_OVAL]).astype(np.int32)], 255)
-        skin = np.array(cv2.mean(image, face)[:3])
-        # ivory, in the picture's own light: a painting's teeth are as warm and dim as its skin
-        light = float(np.clip(skin.mean() / 150.0, 0.55, 1.1))
-        self.tooth = np.clip(0.7 * np.array([188, 214, 228]) * light + 0.3 * skin, 0, 255)
+        self.tooth = tooth_colour(image, face > 0)
         self.amount = 0.0  # the cavity's opacity in the last frame painted, 0..1
         self.teeth_amount = 0.0  # the teeth's, 0..1
 
@@ -889,17 +889,35 @@ class MouthPainter:
             lo = dst[INNER_LOWER] - off
             tl = min(0.22 * gap, 0.06 * mw)
             band = np.concatenate([lo, (lo - [0, tl])[::-1]])
-            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 200, cv2.LINE_AA, sh)
+            # the lower row is mostly behind the lower lip and in the upper row's shadow
+            cv2.fillPoly(tm, [np.round(band * (1 << sh)).astype(np.int32)], 150, cv2.LINE_AA, sh)
             # lit in the middle, in the cheeks' shadow towards the corners
             mid = 0.5 * (dst[MOUTH_L] + dst[MOUTH_R]) - off
             u = (np.arange(x1 - x0, dtype=np.float32) - np.float32(mid[0])) / np.float32(0.5 * mw)
             lit = np.clip(1.4 * (1.0 - u * u), 0.0, 1.0) * np.float32(t / 255.0)
+            # a faint shadow line where one tooth meets the next (flat colour reads as a gum shield)
+            x = np.abs(np.arange(x1 - x0, dtype=np.float32) - np.float32(mid[0])) / np.float32(mw)
+            near = np.min(np.abs(x[:, None] - np.float32(self.TOOTH_EDGES)[None, :]), axis=1)
+            lit *= 1.0 - 0.2 * np.exp(-(near / max(0.008, 0.6 / mw)) ** 2)
             al = self.alpha[y0:y1, x0:x1]
             np.multiply(tm, lit[None, :], out=al, casting="unsafe")
             pt[...] = self.cavity + al[..., None] * (self.tooth - self.cavity) + 0.5
         al = self.alpha[y0:y1, x0:x1]
         np.multiply(m, np.float32(a / 255.0), out=al, casting="unsafe")
         wk.blend_numba(out, pt, al, x0, y0)
+
+
+def tooth_colour(image: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """BGR of teeth in the picture's own light: a little below its brightest skin (the 95th percentile
+    of lightness inside the face, whose colour is what white looks like under that light and varnish),
+    with a third of that colour's saturation taken out."""
+    px = image[face].astype(np.float32)
+    if len(px) < 16:
+        px = image.reshape(-1, 3).astype(np.float32)
+    lum = px @ np.float32([0.114, 0.587, 0.299])
+    top = px[lum >= np.percentile(lum, 95)].mean(0)
+    grey = float(top @ np.float32([0.114, 0.587, 0.299]))
+    return np.clip(0.88 * (grey + (top - grey) * 0.67), 0, 255)
 
 
 # ---- few-shot regions ----------------------------------------------------------------------------

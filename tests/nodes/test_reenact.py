@@ -680,3 +680,33 @@ def test_the_lips_never_cross_when_a_thin_lipped_avatar_pouts(shared_data, talki
         gap = ((d[pairs[:, 1]] - d[pairs[:, 0]]) @ v)  # down the face: lower minus upper
         worst = min(worst, float(gap.min()))
     assert worst > -0.5, worst
+
+
+def test_teeth_take_the_pictures_own_light_and_show_where_they_meet(shared_data, child):
+    """Teeth are near-white in each picture's own light: warm under Mona's yellow varnish, never brighter
+    than its brightest skin. Wide open, the upper row darkens slightly where one tooth meets the next."""
+    mona = cv2.imread(str(shared_data / "avatars" / "mona_lisa.jpg"))
+    lm = rk.detect_landmarks(mona)
+    face = np.zeros(mona.shape[:2], np.uint8)
+    cv2.fillPoly(face, [np.round(lm[rk.FACE_OVAL, :2]).astype(np.int32)], 1)
+    b, g, r = rk.tooth_colour(mona, face > 0)
+    assert r > g > b + 15  # warm, as the varnish makes white
+    assert (b + g + r) / 3 < np.percentile(mona[face > 0].mean(1), 99.5)
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    run(node, [face_of(lm)])
+    out = run(node, [face_of(_mouth_open(lm, 0.35))])
+    gray = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    d = node.dst
+    mw = float(np.linalg.norm(d[rk.MOUTH_R] - d[rk.MOUTH_L]))
+    mid = 0.5 * (d[rk.MOUTH_L] + d[rk.MOUTH_R])
+    up = d[rk.INNER_UPPER]
+    order = np.argsort(up[:, 0])
+
+    def at(u: float) -> float:  # just below the upper lip, u mouth widths right of the middle
+        x = mid[0] + u * mw
+        y = np.interp(x, up[order, 0], up[order, 1]) + 0.03 * mw
+        return float(gray[int(round(y)), int(round(x))])
+
+    for edge in (-0.105, 0.0, 0.105):
+        assert at(edge) < 0.5 * (at(edge - 0.05) + at(edge + 0.05)) - 3
