@@ -380,6 +380,8 @@ def mouth_coherent(jac: np.ndarray, lm: np.ndarray) -> np.ndarray:
         d = cv2.pointPolygonTest(poly, (float(p[i, 0]), float(p[i, 1])), True)  # > 0 inside, px
         inside[i] = np.clip(1.0 + d / (0.33 * mw), 0.0, 1.0)
     core = inside >= 1.0
+    if not core.any():  # degenerate landmarks: nothing to share
+        return jac
     shared = jac[core].mean(0)
     return jac + inside[:, None, None] * (shared - jac)
 
