@@ -42,6 +42,15 @@ def bilinear_at(img, ix, jx, iy, jy, ax, ay, k):
     return top + ay * (bot - top)
 
 
+def clip_region(region, shape) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) of ``region`` clipped to an image of ``shape`` (h, w); None = the whole image."""
+    h, w = shape[:2]
+    if region is None:
+        return 0, 0, w, h
+    x0, y0, x1, y1 = (int(v) for v in region)
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
 def check_frame(a: np.ndarray, name: str = "frame") -> None:
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"{name}: expected (H, W, 3) uint8, got {a.shape} {a.dtype}")

@@ -33,6 +33,7 @@ from . import (
     bilinear_ref,
     bilinear_torch,
     check_frame,
+    clip_region,
     owner_torch,
     tri_affines,
     tri_pixel_grid,
@@ -134,12 +135,6 @@ class TexMap:
         return self.owner
 
 
-def _region(region, shape) -> tuple[int, int, int, int]:
-    h, w = shape
-    x0, y0, x1, y1 = (int(v) for v in region)
-    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-
-
 _NO_OFFSET = np.zeros((1, 1, 3), np.float32)
 
 
@@ -155,7 +150,7 @@ def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts:
     check_frame(tex, "tex")
     if src.shape != out.shape:
         raise ValueError(f"src/out: shapes differ: {src.shape} vs {out.shape}")
-    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    x0, y0, x1, y1 = clip_region(region, src.shape[:2])
     if x1 <= x0 or y1 <= y0:
         return out
     if alpha.shape != (y1 - y0, x1 - x0) or alpha.dtype != np.float32:
@@ -177,7 +172,7 @@ def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts:
 
 def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
     """numpy reference of the owner map: triangle by triangle over its box, first triangle wins."""
-    x0, y0, x1, y1 = _region(region, shape)
+    x0, y0, x1, y1 = clip_region(region, shape)
     dp = np.asarray(dst_pts, np.float64)[:, :2]
     tr = np.asarray(tris, np.int64)
     bary, _, ok = mesh_affines(dp, dp, tr)
@@ -202,7 +197,7 @@ def owner_ref(dst_pts, tris, region, shape) -> np.ndarray:
 
 def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None, gain=None) -> np.ndarray:
     """numpy reference of ``texmap_numba`` (same maths, float64)."""
-    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    x0, y0, x1, y1 = clip_region(region, src.shape[:2])
     if x1 <= x0 or y1 <= y0:
         return out
     owner = owner_ref(dst_pts, tris, region, src.shape[:2])
@@ -239,7 +234,7 @@ def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chun
 
     dev = src.device
     h, w = src.shape[0], src.shape[1]
-    x0, y0, x1, y1 = _region(region, (h, w))
+    x0, y0, x1, y1 = clip_region(region, (h, w))
     res = src.clone() if out is None else out
     if out is not None and out.data_ptr() != src.data_ptr():
         res[y0:y1, x0:x1] = src[y0:y1, x0:x1]

@@ -27,6 +27,7 @@ from . import (
     bilinear_ref,
     bilinear_torch,
     check_frame,
+    clip_region,
     owner_torch,
     tri_affines,
     tri_pixel_grid,
@@ -146,14 +147,6 @@ class MeshWarp:
         return warp_mesh_numba(src, src_pts, dst_pts, tris, out, region, self)
 
 
-def _region(region, shape) -> tuple[int, int, int, int]:
-    h, w = shape
-    if region is None:
-        return 0, 0, w, h
-    x0, y0, x1, y1 = (int(v) for v in region)
-    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-
-
 def warp_mesh_numba(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray, out: np.ndarray,
                     region=None, state: MeshWarp | None = None) -> np.ndarray:
     """Warp ``src`` into ``out`` (same shape) inside ``region``; pixels outside it are not touched."""
@@ -163,7 +156,7 @@ def warp_mesh_numba(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, t
         raise ValueError(f"src/out: shapes differ: {src.shape} vs {out.shape}")
     if state is None or state.shape != src.shape[:2]:
         state = MeshWarp(src.shape[:2], len(tris))
-    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    x0, y0, x1, y1 = clip_region(region, src.shape[:2])
     if x1 <= x0 or y1 <= y0:
         return out
     sp = np.ascontiguousarray(src_pts[:, :2], np.float64)
@@ -182,7 +175,7 @@ def warp_mesh_numba(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, t
 def warp_mesh_ref(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray, out: np.ndarray,
                   region=None, cover: np.ndarray | None = None) -> np.ndarray:
     """numpy reference: triangle by triangle over its bounding box, first triangle wins."""
-    x0, y0, x1, y1 = _region(region, src.shape[:2])
+    x0, y0, x1, y1 = clip_region(region, src.shape[:2])
     sp = np.asarray(src_pts[:, :2], np.float64)
     dp = np.asarray(dst_pts[:, :2], np.float64)
     tr = np.asarray(tris, np.int64)
@@ -226,7 +219,7 @@ def warp_mesh_torch(src, src_pts, dst_pts, tris, out=None, region=None, chunk: i
 
     dev = src.device
     h, w = src.shape[0], src.shape[1]
-    x0, y0, x1, y1 = _region(region, (h, w))
+    x0, y0, x1, y1 = clip_region(region, (h, w))
     res = src.clone() if out is None else out
     if out is not None:
         res[y0:y1, x0:x1] = src[y0:y1, x0:x1]
