@@ -51,7 +51,7 @@ from .face import Face
 log = logging.getLogger("avatarcast.reenact")
 
 N_LM = 478
-PREP_VERSION = "reenact-4"
+PREP_VERSION = "reenact-6"
 CACHE_NAMESPACE = "reenact_avatar"  # engine.cache namespace of prepare_avatar's arrays
 
 # ---- face-mesh index sets (mediapipe order) ----------------------------------------------------
@@ -65,6 +65,7 @@ INNER_UPPER = np.array([78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308])
 INNER_LOWER = np.array([95, 88, 178, 87, 14, 317, 402, 318, 324])
 OUTER_LIPS = np.array([61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146])
 MOUTH_L, MOUTH_R, LIP_TOP, LIP_BOTTOM = 78, 308, 13, 14
+NOSE_TIP, CHIN_LIP = 1, 17  # the nose's tip; the outer lower lip's lowest point
 # eyelid pairs (upper, lower) from the outer corner inwards; the subject's right eye is on image left
 EYE_R_UP = np.array([246, 161, 160, 159, 158, 157, 173])
 EYE_R_LO = np.array([7, 163, 144, 145, 153, 154, 155])
@@ -87,6 +88,11 @@ BROW_L = np.array([300, 293, 334, 296, 336, 285, 295, 282, 283, 276])
 EYE_R_RING = np.array([33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7])
 EYE_L_RING = np.array([263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249])
 
+OUTLINE_REACH = 0.2  # fit_far_outline: the furthest an outline point moves, in face widths
+OUTLINE_GAP = 0.08  # fit_far_outline: a run of non-skin this long (face widths) is the background, a shorter
+# one a feature inside the face (the far eye, the nose's shadow)
+OUTLINE_DEPTH_FROM = 6  # fit_far_outline: a moved point's depth is the median of this many nearest inner points
+OUTLINE_TURN = 2.0  # fit_far_outline: full move once the near side is this many times the far side
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
 RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
 STRETCH_SLACK = 0.01  # a turn may stretch this fraction of the face area past ``max_stretch`` (a few slivers)
@@ -190,6 +196,79 @@ def expression_features(lm: np.ndarray) -> np.ndarray:
     return np.array([mouth, *eyes])
 
 
+def fit_far_outline(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """``lm`` with the far side's outline moved out to the painted cheek's edge on a turned face.
+
+    On a portrait seen from three quarters the detector draws the far side's outline too far in (on
+    Pearl's earring girl it runs through the far eye and the nose), so the far cheek's strip of skin
+    lies outside the face mesh: the warp moves it as hair and background, and a turn towards that side
+    leaves a jagged edge between the two. Each outline point of the far side, between the temples and
+    the mouth, moves outwards along its normal to the last skin-coloured pixel (LAB distance from the
+    face's skin, as in the face swap's occlusion test) before the background (a run of OUTLINE_GAP of
+    non-skin), by at most OUTLINE_REACH of the face width; where no background is found within that
+    reach (a wall of skin's colour) it stays. A frontal face keeps its outline: the move fades in as
+    the near side grows to OUTLINE_TURN times the far side's width."""
+    from .faceswap import lab_stats, occlusion_distance, skin_region
+
+    out = np.array(lm, np.float64, copy=True)
+    p = out[:, :2]
+    idx = np.array(FACE_OVAL)
+    oval = p[idx]
+    fw = float(np.ptp(oval[:, 0]))
+    nose = p[NOSE_TIP]
+    left, right = nose[0] - oval[:, 0].min(), oval[:, 0].max() - nose[0]
+    near, far = max(left, right), max(min(left, right), 1e-6)
+    amount = float(np.clip((near / far - 1.0) / (OUTLINE_TURN - 1.0), 0.0, 1.0))
+    if amount <= 0.0 or fw < 16:
+        return out.astype(lm.dtype)
+    side = -1.0 if left < right else 1.0  # the far side's direction in x
+    stats = lab_stats(image, skin_region(p, image.shape[:2], fw))
+    skin = cv2.GaussianBlur(occlusion_distance(image, stats), (0, 0), max(1.0, 0.004 * fw)) < 3.0
+    h, w = skin.shape
+    top = min(p[EYE_R_UP, 1].min(), p[EYE_L_UP, 1].min()) - 0.15 * fw
+    bottom = p[CHIN_LIP, 1] + 0.05 * fw
+    c = oval.mean(0)
+    n = len(oval)
+    tangent = np.roll(oval, -1, axis=0) - np.roll(oval, 1, axis=0)
+    normal = np.stack([tangent[:, 1], -tangent[:, 0]], 1) / np.maximum(np.linalg.norm(tangent, axis=1), 1e-9)[:, None]
+    normal *= np.where(((oval - c) * normal).sum(1) < 0, -1.0, 1.0)[:, None]  # outwards
+    moves = np.zeros(n)
+    for k in range(n):
+        q0 = oval[k]
+        if (q0[0] - c[0]) * side <= 0 or not top <= q0[1] <= bottom:
+            continue
+        last, miss, hit = 0.0, 0.0, False
+        for d in np.arange(0.0, (OUTLINE_REACH + OUTLINE_GAP) * fw, 0.5):
+            x, y = (int(round(v)) for v in q0 + normal[k] * d)
+            if not (0 <= x < w and 0 <= y < h):
+                break
+            if skin[y, x]:
+                if d > OUTLINE_REACH * fw:
+                    break
+                last, miss = d, 0.0
+            else:
+                miss += 0.5
+                if miss > OUTLINE_GAP * fw:
+                    hit = True
+                    break
+        if hit:
+            moves[k] = last
+    # along the outline: no single point sticks out, and the moved stretch ends smoothly
+    moves = np.minimum(moves, np.maximum(np.roll(moves, 1), np.roll(moves, -1)))
+    moves = np.convolve(np.r_[moves[-1:], moves, moves[:1]], [0.25, 0.5, 0.25], mode="valid")
+    # a moved point takes the depth of the skin just inside it (the detector put the far outline deep
+    # behind the nose; left there, a turn would swing the new silhouette past the far eye's corner)
+    inner = np.setdiff1d(np.arange(468), idx)
+    for k in range(n):
+        if moves[k] > 0:
+            p[idx[k]] = oval[k] + amount * moves[k] * normal[k]
+            near = inner[np.argsort(((out[inner, :2] - p[idx[k]]) ** 2).sum(1))[:OUTLINE_DEPTH_FROM]]
+            z_in = float(np.median(out[near, 2]))
+            f = amount * min(1.0, moves[k] / (0.05 * fw))
+            out[idx[k], 2] += f * (z_in - out[idx[k], 2])
+    return out.astype(lm.dtype)
+
+
 def prepare_avatar(images: list[np.ndarray], names: list[str],
                    landmarks: list[np.ndarray | None] | None = None) -> dict[str, np.ndarray]:
     """Pure avatar preparation: landmarks of every shot (detected, or given), expression features of
@@ -197,11 +276,14 @@ def prepare_avatar(images: list[np.ndarray], names: list[str],
     given = landmarks or [None] * len(images)
     lms = []
     for img, name, lm in zip(images, names, given, strict=True):
-        if lm is None:
+        detected = lm is None
+        if detected:
             lm = detect_landmarks(img)
         if lm is None:
             raise UserError(f"no face found in the avatar image {name}",
                             Where(name), "use a picture where a face is clearly visible, facing the camera")
+        if detected and not lms:  # the main shot's mesh: its whole cheek (given landmarks are exact)
+            lm = fit_far_outline(img, lm)
         lm = np.asarray(lm, np.float32)
         if lm.shape != (N_LM, 3):
             raise UserError(f"avatar landmarks for {name} must be (478, 3), got {lm.shape}", Where(name))

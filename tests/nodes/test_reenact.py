@@ -710,3 +710,71 @@ def test_teeth_take_the_pictures_own_light_and_show_where_they_meet(shared_data,
 
     for edge in (-0.105, 0.0, 0.105):
         assert at(edge) < 0.5 * (at(edge - 0.05) + at(edge + 0.05)) - 3
+
+
+def _silhouette_on_outline(node: rk.Reenact, out: np.ndarray) -> float:
+    """The fraction of the far side's outline points (cheek, eyes to mouth) of the frame's mesh with the
+    painted face inside them and the dark background beyond them (3% of the face width either side)."""
+    p = node.dst[:rk.N_LM]
+    ov = p[rk.FACE_OVAL]
+    fw = float(np.ptp(ov[:, 0]))
+    c = ov.mean(0)
+    grey = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)
+    y0, y1 = p[rk.EYE_R_LO, 1].max(), p[rk.CHIN_LIP, 1]
+    hits = []
+    for q in ov[(ov[:, 0] < c[0]) & (ov[:, 1] > y0) & (ov[:, 1] < y1)]:
+        d = (q - c) / np.linalg.norm(q - c)
+        (xi, yi), (xo, yo) = (np.round(q - 0.03 * fw * d).astype(int), np.round(q + 0.03 * fw * d).astype(int))
+        hits.append(grey[yi, xi] > 60 and grey[yo, xo] < 40)
+    assert len(hits) >= 4
+    return float(np.mean(hits))
+
+
+def test_the_far_cheek_of_a_three_quarter_avatar_is_fitted_and_turns_without_a_jagged_edge(
+        shared_data, monkeypatch):
+    """Pearl earring: the detector draws her far outline through the far eye and the nose, leaving the
+    far cheek outside the face mesh. ``fit_far_outline`` moves it out to the painted silhouette (skin
+    inside, background beyond), and a turn towards that side then keeps a smooth edge; with the
+    detector's outline the silhouette lies inside the hair-and-background triangles and is cut into a
+    saw-tooth. Frontal avatars keep their outline."""
+    from nodes.faceswap import lab_stats, occlusion_distance, skin_region
+
+    pearl = shared_data / "avatars" / "pearl_earring.jpg"
+    img = cv2.imread(str(pearl))
+    lm = rk.detect_landmarks(img)
+    fitted = rk.fit_far_outline(img, lm)
+    ov, fo = lm[rk.FACE_OVAL, :2].astype(np.float64), fitted[rk.FACE_OVAL, :2].astype(np.float64)
+    fw = float(np.ptp(ov[:, 0]))
+    moved = np.linalg.norm(fo - ov, axis=1)
+    assert moved.max() > 0.1 * fw  # the far cheek is about a ninth of her face wide
+    p = lm[:, :2].astype(np.float64)
+    skin = occlusion_distance(img, lab_stats(img, skin_region(p, img.shape[:2], fw))) < 3.0
+    between = np.zeros(img.shape[:2], np.uint8)
+    cv2.fillPoly(between, [np.round(fo).astype(np.int32)], 1)
+    cv2.fillPoly(between, [np.round(ov).astype(np.int32)], 0)
+    assert skin[between.astype(bool)].mean() > 0.8  # what the fit took in is her skin
+    c = ov.mean(0)
+    for k in np.nonzero(moved > 0.05 * fw)[0]:  # and just beyond the new outline is the background
+        out_dir = (fo[k] - c) / np.linalg.norm(fo[k] - c)
+        x, y = np.round(fo[k] + 0.04 * fw * out_dir).astype(int)
+        assert not skin[y, x]
+    assert abs(float(fitted[rk.FACE_OVAL, 2].mean() - lm[rk.FACE_OVAL, 2].mean())) > 0  # depth follows
+    for name in ("painted_child.jpg", "cartoon_boy.jpg"):
+        im = cv2.imread(str(shared_data / "avatars" / name))
+        l2 = rk.detect_landmarks(im)
+        f2 = rk.fit_far_outline(im, l2)
+        assert np.abs(f2[:, :2] - l2[:, :2]).max() < 0.01 * np.ptp(l2[rk.FACE_OVAL, 0])
+
+    on = {}
+    for fit in (True, False):
+        if not fit:
+            monkeypatch.setattr(rk, "fit_far_outline", lambda image, lm: lm)
+            monkeypatch.setattr(rk, "PREP_VERSION", rk.PREP_VERSION + "-unfitted")  # not the cached fit
+        node = make_node([pearl], idle=False, follow=0.0)
+        rest = node.rig.lm.copy()
+        run(node, [face_of(rest)])
+        out = run(node, [face_of(_yaw(rest, -20))])
+        assert no_holes(node, out)
+        on[fit] = _silhouette_on_outline(node, out)
+    assert on[True] >= 0.8  # turned, the painted edge is still the mesh's outline
+    assert on[False] <= 0.2  # the detector's outline runs through the cheek
