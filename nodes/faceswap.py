@@ -73,7 +73,11 @@ MAX_HUE_TURN = math.radians(25.0)  # relight: the largest turn of the avatar's c
 CHANNEL_SPREAD = 1.25  # relight: each channel's gain within this factor of the luma gain
 CONTRAST_RANGE = (0.4, 1.0)  # relight: the avatar's features drawn at this fraction of their contrast at most
 FLIP_MIN_YAW = 12.0  # degrees: a shot turned at least this far may be drawn flipped to face the live head's way
-XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of flip crossfades over this long
+# degrees: a shot turned at least this far may be drawn symmetric (its near half on both sides) for a head
+# turned less than a third as far; Mona's 16 degrees keep her own (asymmetric) smile, Pearl's 34 do not
+SYMMETRIC_MIN_YAW = 25.0
+XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of view crossfades over this long
+OWN, FLIPPED, SYMMETRIC = 0, 1, 2  # views of a shot: as painted, mirrored, its near half on both sides
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
 
 
@@ -269,8 +273,17 @@ class Shot:
         tris = face_triangles()
         vis = np.maximum(_signed_area(tl[tris]), 0.0)
         vis_m = np.maximum(-_signed_area(tl[self.mirror[tris]]), 0.0)
-        self.tri_offset_flipped = np.where(vis_m < 0.05 * vis, 0, n).astype(np.int32)
+        flipped = np.where(vis_m < 0.05 * vis, 0, n).astype(np.int32)
+        # the shot made symmetric (a three-quarter avatar on a head facing the camera): the near half as it
+        # is, the far half (foreshortened, its outline cut by the nose) from the near half's mirror image
+        from .face_model import canonical
+
+        cx = canonical()[0][tris, 0].mean(1)  # each triangle's side of the face's midline
+        near = 1.0 if vis[cx > 0].sum() >= vis[cx < 0].sum() else -1.0
+        symmetric = np.where((cx * near < 0) & (vis_m > 0), n, self.tri_offset).astype(np.int32)
+        self.tri_offsets = (self.tri_offset, flipped, symmetric)  # indexed by view: OWN, FLIPPED, SYMMETRIC
         self.flippable = abs(float(self.pose[0])) >= FLIP_MIN_YAW
+        self.symmetric_ok = abs(float(self.pose[0])) >= SYMMETRIC_MIN_YAW
         self.recoloured = self.texture.copy()
         self._tmp = np.empty(self.lab.shape, np.float32)
         self._bgr = np.empty(self.lab.shape, np.float32)
@@ -547,8 +560,8 @@ class _TrackState:
     stats: np.ndarray | None = None  # smoothed live skin LAB statistics
     detail: float | None = None  # smoothed live face detail (``detail``)
     shot: int = 0
-    flip: bool = False  # the shot is drawn flipped left-right (it faces the way the live head turns)
-    prev: tuple[int, bool] | None = None  # the shot (and flip) being crossfaded out
+    view: int = OWN  # how the shot is drawn: OWN, FLIPPED (it faces the way the live head turns) or SYMMETRIC
+    prev: tuple[int, int] | None = None  # the shot (and view) being crossfaded out
     xfade: float = 1.0  # 0..1 through the crossfade from ``prev`` to the current shot
     contrast: float | None = None  # relight: smoothed feature contrast (``SwapMask._contrast``)
     fade: float = 0.0  # fades in when a face appears
@@ -683,23 +696,32 @@ class FaceSwap(Node):
         return w * p["strength"]
 
     def _pick_shot(self, st: _TrackState, face) -> int:
-        """The shot (and whether flipped) whose pose is nearest the live head's, with 5 degrees of
-        hysteresis (10 to flip). A shot turned by at least FLIP_MIN_YAW also counts flipped, at the mirrored yaw:
-        a three-quarter portrait turned the other way from the streamer is drawn facing their way
-        (instead of painting its hidden side from a few foreshortened pixels)."""
+        """The shot (and view) whose pose is nearest the live head's, with 5 degrees of hysteresis (10 to
+        change the view). A shot turned by at least FLIP_MIN_YAW also counts flipped, at the mirrored yaw,
+        and one turned by SYMMETRIC_MIN_YAW symmetric, near yaw 0: a three-quarter portrait is drawn facing
+        the way the streamer turns, or from its near half on both sides while they face the camera
+        (instead of painting its hidden side from a few foreshortened pixels, cut by the painted nose's
+        outline)."""
         pose = np.array([face.yaw, face.pitch])
-        cands = [(i, False, s.pose) for i, s in enumerate(self.shots)]
-        cands += [(i, True, s.pose * (-1.0, 1.0)) for i, s in enumerate(self.shots) if s.flippable]
+        cands = [(i, OWN, s.pose) for i, s in enumerate(self.shots)]
+        for i, s in enumerate(self.shots):
+            if s.flippable:
+                cands.append((i, FLIPPED, s.pose * (-1.0, 1.0)))
+            third = abs(float(s.pose[0])) / 3.0
+            # symmetric fits any head turned at most a third of the shot's turn equally well; it stands in
+            # for a frontal shot the avatar lacks, so not when one of its real shots is that frontal
+            if s.symmetric_ok and all(abs(float(o.pose[0])) > third for o in self.shots):
+                cands.append((i, SYMMETRIC, np.array([min(max(face.yaw, -third), third), s.pose[1]])))
         if len(cands) == 1:
             return 0
-        d = {(i, f): float(np.linalg.norm(pose - p)) for i, f, p in cands}
+        d = {(i, v): float(np.linalg.norm(pose - p)) for i, v, p in cands}
         best = min(d, key=d.get)
-        cur = (st.shot, st.flip)
-        margin = 10.0 if best[1] != cur[1] else 5.0  # hysteresis, degrees: a flip is the more visible change
+        cur = (st.shot, st.view)
+        margin = 10.0 if best[1] != cur[1] else 5.0  # hysteresis, degrees: a change of view is the more visible
         if best != cur and (st.stats is None or cur not in d or d[best] < d[cur] - margin):
             if st.stats is not None:  # a change while the face is on screen: crossfade, no pop
                 st.prev, st.xfade = cur, 0.0
-            st.shot, st.flip = best
+            st.shot, st.view = best
         return st.shot
 
     def _swap(self, face, frame: np.ndarray, dst: np.ndarray) -> None:
@@ -754,15 +776,15 @@ class FaceSwap(Node):
                 self._xfade_alpha = np.empty(int(alpha.size * 1.5), np.float32)
             a = self._xfade_alpha[: alpha.size].reshape(alpha.shape)
             np.multiply(alpha, np.float32(smoothstep(st.xfade)), out=a)
-            self._draw(st, self.shots[st.shot], st.flip, depth, small, region, a, box, dst)
+            self._draw(st, self.shots[st.shot], st.view, depth, small, region, a, box, dst)
             st.xfade = min(1.0, st.xfade + 1.0 / max(XFADE_S * self.ctx.fps, 1.0))
         else:
             st.prev = None
-            self._draw(st, self.shots[st.shot], st.flip, depth, small, region, alpha, box, dst)
+            self._draw(st, self.shots[st.shot], st.view, depth, small, region, alpha, box, dst)
 
-    def _draw(self, st: _TrackState, shot: Shot, flip: bool, depth: np.ndarray, small: np.ndarray,
+    def _draw(self, st: _TrackState, shot: Shot, view: int, depth: np.ndarray, small: np.ndarray,
               region: np.ndarray, alpha: np.ndarray, box, dst: np.ndarray) -> None:
-        """One shot (flipped or not) mapped onto the live face and blended into ``dst`` with ``alpha``."""
+        """One shot (in one view) mapped onto the live face and blended into ``dst`` with ``alpha``."""
         p = self.p
         if p["match_sharpness"] and st.detail is not None:
             shot.choose_level(st.detail)
@@ -771,7 +793,7 @@ class FaceSwap(Node):
         # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
         use = np.nonzero(shot.shown)[0]
         order = use[np.argsort(depth[use], kind="stable")]
-        tris = self.tris[order] + (shot.tri_offset_flipped if flip else shot.tri_offset)[order, None]
+        tris = self.tris[order] + shot.tri_offsets[view][order, None]
         offset = gain = None
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),

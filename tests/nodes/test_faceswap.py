@@ -449,7 +449,7 @@ def test_relight_recolour_turns_chroma_about_grey():
 
 
 def test_a_three_quarter_avatar_is_flipped_to_face_the_way_the_head_turns(shared_data, talking):
-    from nodes.faceswap import FLIP_MIN_YAW
+    from nodes.faceswap import FLIP_MIN_YAW, FLIPPED, OWN
 
     frames, faces = talking
     n = swap_node(shared_data, frames[0].shape[:2], avatars=("pearl_earring.jpg", "painted_child.jpg"))
@@ -458,16 +458,62 @@ def test_a_three_quarter_avatar_is_flipped_to_face_the_way_the_head_turns(shared
     yaw = float(pearl.pose[0])  # pearl turns this way; the flipped pearl the other way
     face = faces[0][0]
     st = _TrackState()
-    assert n._pick_shot(st, replace(face, yaw=0.0, pitch=0.0)) == 1 and not st.flip  # frontal: the child
+    assert n._pick_shot(st, replace(face, yaw=0.0, pitch=0.0)) == 1 and st.view == OWN  # frontal: the child
     st = _TrackState()
-    assert n._pick_shot(st, replace(face, yaw=yaw, pitch=float(pearl.pose[1]))) == 0 and not st.flip
+    assert n._pick_shot(st, replace(face, yaw=yaw, pitch=float(pearl.pose[1]))) == 0 and st.view == OWN
     st.stats = np.zeros((2, 3), np.float32)  # seen before: hysteresis applies from now on
-    assert n._pick_shot(st, replace(face, yaw=-yaw, pitch=float(pearl.pose[1]))) == 0 and st.flip
+    assert n._pick_shot(st, replace(face, yaw=-yaw, pitch=float(pearl.pose[1]))) == 0 and st.view == FLIPPED
     # the flipped shot draws nearly every triangle from its mirror twin, the unflipped one few
-    assert (pearl.tri_offset_flipped > 0).mean() > 0.8 and (pearl.tri_offset > 0).mean() < 0.5
+    assert (pearl.tri_offsets[FLIPPED] > 0).mean() > 0.8 and (pearl.tri_offsets[OWN] > 0).mean() < 0.5
     # and a swap with it runs
     o = swap(n, frames[0], [replace(face, yaw=-yaw)])
     assert np.abs(o.astype(int) - frames[0]).mean() > 1.0
+
+
+def test_a_strongly_turned_avatar_is_drawn_symmetric_on_a_head_facing_the_camera(shared_data, talking):
+    """Pearl (turned 34 degrees) on a head facing the camera: her far cheek is a foreshortened strip cut
+    by her painted nose's outline, so her near half is drawn on both sides. The swapped face then looks
+    more like her, in the identity measure's terms, than her mirror image drawn whole (FLIPPED)."""
+    from nodes.face_model import canonical
+    from nodes.faceswap import FLIPPED, OWN, SYMMETRIC
+
+    frames, faces = talking
+    n = swap_node(shared_data, frames[0].shape[:2], avatars=("pearl_earring.jpg",))
+    pearl = n.shots[0]
+    assert pearl.symmetric_ok
+    yaw, pitch = (float(v) for v in pearl.pose)
+    face = faces[0][0]
+    for live_yaw, view in ((0.0, SYMMETRIC), (0.25 * yaw, SYMMETRIC), (-0.25 * yaw, SYMMETRIC),
+                           (yaw, OWN), (-yaw, FLIPPED)):
+        st = _TrackState()
+        n._pick_shot(st, replace(face, yaw=live_yaw, pitch=pitch))
+        assert st.view == view, (live_yaw, st.view)
+    # the symmetric view: the far half's triangles take their near twins' pixels, the near half its own
+    cx = canonical()[0][n.tris, 0].mean(1)
+    sym = pearl.tri_offsets[SYMMETRIC] > 0
+    far = cx * np.sign(yaw) > 0  # pearl turns to negative yaw: her far half is on the positive side
+    assert sym[far & (np.abs(cx) > 0.05)].mean() > 0.95 and sym[~far & (np.abs(cx) > 0.05)].mean() < 0.05
+    # a real frontal shot beats the stand-in
+    n2 = swap_node(shared_data, frames[0].shape[:2], avatars=("pearl_earring.jpg", "painted_child.jpg"))
+    st = _TrackState()
+    assert n2._pick_shot(st, replace(face, yaw=0.0, pitch=0.0)) == 1
+    # on the clip's near-frontal frames the symmetric face is nearer Pearl than the flipped one
+    img = cv2.imread(str(shared_data / "avatars" / "pearl_earring.jpg"))
+    norm = FaceNormaliser(img, detect_landmarks(img)[0])
+    dist = {}
+    for view in (SYMMETRIC, FLIPPED):
+        n._pick_shot = lambda st, face, view=view: setattr(st, "view", view) or 0
+        n.tracks.clear()
+        d = []
+        for f, fs in list(zip(frames, faces, strict=True))[::4]:
+            o = swap(n, f, fs)
+            lm = detect_landmarks(o)
+            if lm:
+                a = norm(o, lm[0])
+                d.append(min(norm.distance(a, norm.avatar), norm.distance(a, norm.avatar_mirrored)))
+        assert len(d) >= 8
+        dist[view] = float(np.mean(d))
+    assert dist[SYMMETRIC] < dist[FLIPPED] - 0.05, dist
 
 
 def test_identity_reference_mirrored_avatar_matches_a_mirrored_image(shared_data):
