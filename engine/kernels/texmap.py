@@ -10,14 +10,14 @@ first for a depth order). Inside the region ``(x0, y0, x1, y1)`` (x1, y1 exclusi
     out = src                                                      elsewhere in the region
 
 with ``a = alpha[y - y0, x - x0]`` ((y1 - y0, x1 - x0) float32 in [0, 1]). Pixels outside the region
-are not touched; ``src`` may be ``out`` (in place). Unlike ``warp`` (same-size source and output),
-the texture here is a small precomputed image, so the whole swap reads only the region of the frame.
+are not touched; ``src`` may be ``out`` (in place). This is the one mesh rasteriser of the engine:
+the face swap maps a small precomputed texture into a face region, and ``warp`` (reenactment) maps
+an image into a same-size output with ``tex = src`` and alpha 1.
 
 Per frame, ``mesh_affines`` (numpy, microseconds) gives every triangle's pixel -> barycentric map
-and pixel -> texture map; ``raster_owner`` writes the owner map (serial: a face region is small and
-the triangles' boxes add up to about twice its area) and ``blend`` does the per-pixel work
-(``prange`` over rows). The numpy reference and the torch version use the same float64 maths: the
-three agree to within 1 grey level.
+and pixel -> texture map; ``_row_buckets`` lists the triangles touching each row (in order), and
+``_map_rows`` (``prange`` over rows) finds each row's owners and samples and blends its pixels. The numpy reference and the torch version use the same float64 maths: the three agree to
+within 1 grey level.
 """
 
 from __future__ import annotations
@@ -58,75 +58,137 @@ def mesh_affines(tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray) -> 
 
 
 @nb.njit(cache=True, nogil=True)
-def _raster_owner(dst_pts, tris, bary, ok, x0, y0, x1, y1, owner):
-    owner[:, :] = -1
-    for t in range(tris.shape[0]):
+def _row_buckets(dst_pts, tris, ok, y0, y1, x0, x1, starts, items):
+    """CSR lists of triangles per row of [y0, y1): ``starts`` (rows + 1), ``items`` (capacity), each
+    row's list in triangle order. Returns the number of items used, or -1 when ``items`` is too small."""
+    rows = y1 - y0
+    counts = np.zeros(rows + 1, np.int64)
+    t_n = tris.shape[0]
+    lo = np.empty(t_n, np.int64)
+    hi = np.empty(t_n, np.int64)
+    for t in range(t_n):
+        lo[t] = 1
+        hi[t] = 0
         if not ok[t]:
             continue
-        i0, i1, i2 = tris[t, 0], tris[t, 1], tris[t, 2]
-        xa = min(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
-        xb = max(dst_pts[i0, 0], dst_pts[i1, 0], dst_pts[i2, 0])
-        ya = min(dst_pts[i0, 1], dst_pts[i1, 1], dst_pts[i2, 1])
-        yb = max(dst_pts[i0, 1], dst_pts[i1, 1], dst_pts[i2, 1])
-        xs = max(int(np.ceil(xa - 1e-6)), x0)
-        xe = min(int(np.floor(xb + 1e-6)), x1 - 1)
-        ys = max(int(np.ceil(ya - 1e-6)), y0)
-        ye = min(int(np.floor(yb + 1e-6)), y1 - 1)
+        ymin = min(dst_pts[tris[t, 0], 1], dst_pts[tris[t, 1], 1], dst_pts[tris[t, 2], 1])
+        ymax = max(dst_pts[tris[t, 0], 1], dst_pts[tris[t, 1], 1], dst_pts[tris[t, 2], 1])
+        xmin = min(dst_pts[tris[t, 0], 0], dst_pts[tris[t, 1], 0], dst_pts[tris[t, 2], 0])
+        xmax = max(dst_pts[tris[t, 0], 0], dst_pts[tris[t, 1], 0], dst_pts[tris[t, 2], 0])
+        if xmax < x0 - 1 or xmin > x1:
+            continue
+        a = max(int(np.ceil(ymin - 1e-6)), y0)
+        b = min(int(np.floor(ymax + 1e-6)), y1 - 1)
+        if a > b:
+            continue
+        lo[t] = a
+        hi[t] = b
+        for y in range(a, b + 1):
+            counts[y - y0 + 1] += 1
+    for r in range(rows):
+        counts[r + 1] += counts[r]
+    total = counts[rows]
+    if total > items.shape[0]:
+        return -1
+    fill = counts[:rows].copy()
+    for t in range(t_n):  # increasing t: each row's list is in triangle order
+        for y in range(lo[t], hi[t] + 1):
+            r = y - y0
+            items[fill[r]] = t
+            fill[r] += 1
+    starts[:rows + 1] = counts
+    return total
+
+
+@nb.njit(inline="always", cache=True)
+def _owner_row(r, bary, y0, x0, x1, starts, items, owner):
+    """Row ``r`` of the owner map: the row walks its bucket in triangle order and a pixel keeps the
+    first triangle that contains its centre."""
+    fy = np.float64(y0 + r)
+    for c in range(x1 - x0):
+        owner[r, c] = -1
+    for k in range(starts[r], starts[r + 1]):
+        t = items[k]
         m00, m01, m02 = bary[t, 0, 0], bary[t, 0, 1], bary[t, 0, 2]
         m10, m11, m12 = bary[t, 1, 0], bary[t, 1, 1], bary[t, 1, 2]
-        for y in range(ys, ye + 1):
-            fy = np.float64(y)
-            for x in range(xs, xe + 1):
-                if owner[y - y0, x - x0] >= 0:
-                    continue
-                fx = np.float64(x)
-                l1 = m00 * fx + m01 * fy + m02
-                l2 = m10 * fx + m11 * fy + m12
-                if l1 < -EPS or l2 < -EPS or 1.0 - l1 - l2 < -EPS:
-                    continue
-                owner[y - y0, x - x0] = t
+        # exact x-span of this row inside the triangle (each barycentric is linear in x), widened by a
+        # pixel; the per-pixel test below decides, so the result equals the bounding-box walk
+        lo = np.float64(x0)
+        hi = np.float64(x1 - 1)
+        for a, b in ((m00, m01 * fy + m02), (m10, m11 * fy + m12),
+                     (-m00 - m10, 1.0 - (m01 + m11) * fy - m02 - m12)):
+            if a > 1e-12:
+                lo = max(lo, (-EPS - b) / a)
+            elif a < -1e-12:
+                hi = min(hi, (-EPS - b) / a)
+            elif b < -EPS:
+                hi = lo - 2.0
+        if hi < lo - 1.0:
+            continue
+        xs = max(int(np.floor(lo)) - 1, x0)
+        xe = min(int(np.ceil(hi)) + 1, x1 - 1)
+        for x in range(xs, xe + 1):
+            if owner[r, x - x0] >= 0:
+                continue
+            fx = np.float64(x)
+            l1 = m00 * fx + m01 * fy + m02
+            l2 = m10 * fx + m11 * fy + m12
+            if l1 < -EPS or l2 < -EPS or 1.0 - l1 - l2 < -EPS:
+                continue
+            owner[r, x - x0] = t
+
+
+@nb.njit(inline="always", cache=True)
+def _blend_row(r, src, tex, owner, tmap, alpha, opaque, offset, has_offset, gain, has_gain, x0, y0, out):
+    """Row ``r`` of the region: the texture sampled where a triangle owns the pixel, blended over
+    ``src`` with ``alpha`` (``opaque``: alpha 1 everywhere, ``alpha`` not read); ``src`` elsewhere."""
+    th, tw = tex.shape[0], tex.shape[1]
+    y = y0 + r
+    fy = np.float64(y)
+    for c in range(owner.shape[1]):
+        x = x0 + c
+        t = owner[r, c]
+        a = 1.0 if opaque else np.float64(alpha[r, c])
+        if t < 0 or a <= 0.0:
+            for k in range(3):
+                out[y, x, k] = src[y, x, k]
+            continue
+        fx = np.float64(x)
+        sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
+        sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
+        ix, jx, iy, jy, ax, ay = bilinear_cell(sx, sy, tw, th)
+        if a > 1.0:
+            a = 1.0
+        for k in range(3):
+            v = bilinear_at(tex, ix, jx, iy, jy, ax, ay, k)
+            if has_gain:
+                v *= np.float64(gain[r, c, k])
+            if has_offset:
+                v += np.float64(offset[r, c, k])
+            if has_gain or has_offset:
+                v = min(max(v, 0.0), 255.0)
+            o = v if opaque else np.float64(src[y, x, k]) * (1.0 - a) + v * a
+            out[y, x, k] = np.uint8(min(max(o + 0.5, 0.0), 255.0))
 
 
 @nb.njit(**JIT)
-def _blend(src, tex, owner, tmap, alpha, offset, has_offset, gain, has_gain, x0, y0, out):
-    rh, rw = owner.shape[0], owner.shape[1]
-    th, tw = tex.shape[0], tex.shape[1]
-    for r in nb.prange(rh):
-        y = y0 + r
-        fy = np.float64(y)
-        for c in range(rw):
-            x = x0 + c
-            t = owner[r, c]
-            a = np.float64(alpha[r, c])
-            if t < 0 or a <= 0.0:
-                for k in range(3):
-                    out[y, x, k] = src[y, x, k]
-                continue
-            fx = np.float64(x)
-            sx = tmap[t, 0, 0] * fx + tmap[t, 0, 1] * fy + tmap[t, 0, 2]
-            sy = tmap[t, 1, 0] * fx + tmap[t, 1, 1] * fy + tmap[t, 1, 2]
-            ix, jx, iy, jy, ax, ay = bilinear_cell(sx, sy, tw, th)
-            if a > 1.0:
-                a = 1.0
-            for k in range(3):
-                v = bilinear_at(tex, ix, jx, iy, jy, ax, ay, k)
-                if has_gain:
-                    v *= np.float64(gain[r, c, k])
-                if has_offset:
-                    v += np.float64(offset[r, c, k])
-                if has_gain or has_offset:
-                    v = min(max(v, 0.0), 255.0)
-                o = np.float64(src[y, x, k]) * (1.0 - a) + v * a
-                out[y, x, k] = np.uint8(min(max(o + 0.5, 0.0), 255.0))
+def _map_rows(src, tex, bary, tmap, starts, items, alpha, opaque, offset, has_offset, gain, has_gain, x0, y0, x1,
+              y1, owner, out):
+    """Rows of the region in parallel: each row's owners, then its pixels (one pass, one thread wake-up)."""
+    for r in nb.prange(y1 - y0):
+        _owner_row(r, bary, y0, x0, x1, starts, items, owner)
+        _blend_row(r, src, tex, owner, tmap, alpha, opaque, offset, has_offset, gain, has_gain, x0, y0, out)
 
 
 class TexMap:
-    """Reusable per-call state: the owner map buffer, grown only when a region is larger than any
-    before (steady state allocates nothing)."""
+    """Reusable per-call state: the owner map and the row-bucket buffers, grown only when a region or
+    a mesh is larger than any before (steady state allocates nothing)."""
 
     def __init__(self, capacity: int = 256 * 256):
         self._owner = np.empty(capacity, np.int32)
         self.owner = self._owner[:0].reshape(0, 0)
+        self.starts = np.zeros(1025, np.int64)
+        self.items = np.zeros(32768, np.int32)
 
     def owner_view(self, rh: int, rw: int) -> np.ndarray:
         if rh * rw > self._owner.size:
@@ -134,15 +196,26 @@ class TexMap:
         self.owner = self._owner[: rh * rw].reshape(rh, rw)
         return self.owner
 
+    def buckets(self, dst_pts: np.ndarray, tris: np.ndarray, ok: np.ndarray, x0: int, y0: int, x1: int,
+                y1: int) -> np.ndarray:
+        """Fills the row buckets of the region (``starts``, ``items``); returns its owner map buffer."""
+        if self.starts.shape[0] < y1 - y0 + 1:
+            self.starts = np.zeros(y1 - y0 + 1, np.int64)
+        while _row_buckets(dst_pts, tris, ok, y0, y1, x0, x1, self.starts, self.items) < 0:
+            self.items = np.zeros(self.items.shape[0] * 2, np.int32)
+        return self.owner_view(y1 - y0, x1 - x0)
+
 
 _NO_OFFSET = np.zeros((1, 1, 3), np.float32)
+_ONE = np.ones((1, 1), np.float32)
 
 
 def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts: np.ndarray, tris: np.ndarray,
-                 alpha: np.ndarray, region, out: np.ndarray, state: TexMap | None = None,
+                 alpha: np.ndarray | None, region, out: np.ndarray, state: TexMap | None = None,
                  offset: np.ndarray | None = None, gain: np.ndarray | None = None) -> np.ndarray:
     """Map ``tex`` through the mesh into ``out`` inside ``region``, blended over ``src`` with ``alpha``
-    (shape of the region after clipping to the frame). ``src`` may be ``out``. ``gain`` and ``offset``
+    (shape of the region after clipping to the frame; None: opaque, alpha 1 everywhere). ``src`` may
+    be ``out`` (not when it is also ``tex``). ``gain`` and ``offset``
     (region shape, 3) float32, when given, turn the texture colour v into v * gain + offset before
     the blend (clamped to 0..255): a low-frequency lighting correction."""
     check_frame(src, "src")
@@ -153,20 +226,21 @@ def texmap_numba(src: np.ndarray, tex: np.ndarray, tex_pts: np.ndarray, dst_pts:
     x0, y0, x1, y1 = clip_region(region, src.shape[:2])
     if x1 <= x0 or y1 <= y0:
         return out
-    if alpha.shape != (y1 - y0, x1 - x0) or alpha.dtype != np.float32:
+    if alpha is not None and (alpha.shape != (y1 - y0, x1 - x0) or alpha.dtype != np.float32):
         raise ValueError(f"alpha: expected ({y1 - y0}, {x1 - x0}) float32, got {alpha.shape} {alpha.dtype}")
     state = state or TexMap()
     dp = np.ascontiguousarray(np.asarray(dst_pts)[:, :2], np.float64)
     tr = np.ascontiguousarray(tris, np.int32)
     bary, tmap, ok = mesh_affines(tex_pts, dp, tr)
-    owner = state.owner_view(y1 - y0, x1 - x0)
-    _raster_owner(dp, tr, bary, ok, x0, y0, x1, y1, owner)
+    owner = state.buckets(dp, tr, ok, x0, y0, x1, y1)
     for name, f in (("offset", offset), ("gain", gain)):
         if f is not None and f.shape != (y1 - y0, x1 - x0, 3):
             raise ValueError(f"{name}: expected ({y1 - y0}, {x1 - x0}, 3), got {f.shape}")
     off = _NO_OFFSET if offset is None else np.asarray(offset, np.float32)
     gn = _NO_OFFSET if gain is None else np.asarray(gain, np.float32)
-    _blend(src, tex, owner, tmap, alpha, off, offset is not None, gn, gain is not None, x0, y0, out)
+    opaque = alpha is None
+    _map_rows(src, tex, bary, tmap, state.starts, state.items, _ONE if opaque else alpha, opaque, off,
+              offset is not None, gn, gain is not None, x0, y0, x1, y1, owner, out)
     return out
 
 
@@ -204,7 +278,7 @@ def texmap_ref(src, tex, tex_pts, dst_pts, tris, alpha, region, out, offset=None
     _, tmap, _ = mesh_affines(tex_pts, dst_pts, tris)
     s = src[y0:y1, x0:x1].astype(np.float64)
     res = s.copy()
-    a = np.minimum(alpha.astype(np.float64), 1.0)
+    a = np.ones((y1 - y0, x1 - x0)) if alpha is None else np.minimum(alpha.astype(np.float64), 1.0)
     yy, xx = np.nonzero((owner >= 0) & (a > 0))
     t = owner[yy, xx]
     fx, fy = (xx + x0).astype(np.float64), (yy + y0).astype(np.float64)
@@ -246,7 +320,8 @@ def texmap_torch(src, tex, tex_pts, dst_pts, tris, alpha, region, out=None, chun
     rw = x1 - x0
     owner = owner_torch(dp, tr, bary_np, ok, (x0, y0, x1, y1), dev, chunk)
     big = torch.iinfo(torch.int64).max
-    a_flat = alpha.reshape(-1).to(dev).double().clamp(max=1.0)
+    a_flat = (torch.ones((y1 - y0) * rw, dtype=torch.float64, device=dev) if alpha is None
+              else alpha.reshape(-1).to(dev).double().clamp(max=1.0))
     pix = torch.nonzero((owner != big) & (a_flat > 0)).squeeze(1)
     if pix.numel() == 0:
         return res

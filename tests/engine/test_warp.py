@@ -91,15 +91,18 @@ def test_region_limits_the_work_and_python_kernel_agrees():
     a = np.full_like(img, 7)
     k.warp_mesh_numba(img, pts, dst, tris, a, region)
     assert (a[:4] == 7).all() and (a[15:] == 7).all() and (a[:, :5] == 7).all() and (a[:, 18:] == 7).all()
-    # the pure-Python form of the kernel (no JIT) gives the same pixels
+    # the pure-Python form of the kernels (no JIT) gives the same pixels
+    from engine.kernels import texmap as tm
+
     sp, dp = pts.astype(np.float64), dst.astype(np.float64)
-    bary, ok = k.tri_affines(dp, tris)
+    bary, tmap, ok = tm.mesh_affines(sp, dp, tris)
     starts = np.zeros(12, np.int64)
     items = np.zeros(4096, np.int32)
-    assert k._row_buckets.py_func(dp, tris, ok, 4, 15, 5, 18, starts, items) > 0
+    assert tm._row_buckets.py_func(dp, tris, ok, 4, 15, 5, 18, starts, items) > 0
+    owner = np.empty((11, 13), np.int32)
     b = np.full_like(img, 7)
-    cover = np.zeros(img.shape[:2], np.uint8)
-    k._warp_rows.py_func(img, sp, dp, tris, bary, 4, 15, 5, 18, starts, items, b, cover)
+    tm._map_rows.py_func(img, img, bary, tmap, starts, items, tm._ONE, True, tm._NO_OFFSET, False,
+                         tm._NO_OFFSET, False, 5, 4, 18, 15, owner, b)
     assert np.array_equal(a, b)
 
 
