@@ -226,7 +226,6 @@ class FaceNormaliser:
             cv2.fillPoly(region, [np.round(c + (p - c) * grow).astype(np.int32)], 0)
         self.region = region.astype(bool)
         self._crop = np.zeros((ALIGN_SIZE, ALIGN_SIZE, 3), np.uint8)
-        self._ones = np.ones((ALIGN_SIZE, ALIGN_SIZE), np.float32)
         self._map = tk.TexMap()
         # the avatar's mirror image in its own geometry: what a swap shows when it draws the avatar
         # flipped to face the way the streamer turns (a mirrored face is the same face)
@@ -258,7 +257,7 @@ class FaceNormaliser:
         area = _signed_area(lm2[self.tris])
         tris = self.tris[area < 0 if mirrored else area > 0]
         self._crop[:] = 0
-        self._tk.texmap_numba(self._crop, np.ascontiguousarray(image), lm2, self.ref, tris, self._ones,
+        self._tk.texmap_numba(self._crop, np.ascontiguousarray(image), lm2, self.ref, tris, None,
                               (0, 0, ALIGN_SIZE, ALIGN_SIZE), self._crop, self._map)
         return self._bandpass(self._crop, self._map.owner >= 0)
 

@@ -454,9 +454,8 @@ class SwapMask:
         mh, mw = small.shape[:2]
         if self._warped.shape != small.shape:
             self._warped = np.empty_like(small)
-            self._ones = np.ones((mh, mw), np.float32)
         dst2 = np.vstack([self.pts, self.pts])
-        tk.texmap_numba(small, tex, shot.tex_pts, dst2, tris, self._ones, (0, 0, mw, mh), self._warped,
+        tk.texmap_numba(small, tex, shot.tex_pts, dst2, tris, None, (0, 0, mw, mh), self._warped,
                         self._small_map)
         covered = self._small_map.owner >= 0
         if relight:
