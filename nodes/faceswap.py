@@ -635,6 +635,13 @@ class FaceSwap(Node):
 
         self._tri_centres = canonical()[0][self.tris].mean(1)  # (T, 3) in the canonical face's frame
         self.shots = load_shots([self.ctx.resolve(str(p)) for p in images], self.p["texture_size"])
+        # shots that may be drawn symmetric, with the yaw band they fit (a third of their own turn); a
+        # stand-in for a frontal shot the avatar lacks, so not when one of its real shots is that frontal
+        self._symmetric = {}
+        for i, s in enumerate(self.shots):
+            third = abs(float(s.pose[0])) / 3.0
+            if s.symmetric_ok and all(abs(float(o.pose[0])) > third for o in self.shots):
+                self._symmetric[i] = third
         tk.warmup()
         self.texmap = tk.TexMap()
         self.mask = SwapMask()
@@ -703,14 +710,9 @@ class FaceSwap(Node):
         outline)."""
         pose = np.array([face.yaw, face.pitch])
         cands = [(i, OWN, s.pose) for i, s in enumerate(self.shots)]
-        for i, s in enumerate(self.shots):
-            if s.flippable:
-                cands.append((i, FLIPPED, s.pose * (-1.0, 1.0)))
-            third = abs(float(s.pose[0])) / 3.0
-            # symmetric fits any head turned at most a third of the shot's turn equally well; it stands in
-            # for a frontal shot the avatar lacks, so not when one of its real shots is that frontal
-            if s.symmetric_ok and all(abs(float(o.pose[0])) > third for o in self.shots):
-                cands.append((i, SYMMETRIC, np.array([min(max(face.yaw, -third), third), s.pose[1]])))
+        cands += [(i, FLIPPED, s.pose * (-1.0, 1.0)) for i, s in enumerate(self.shots) if s.flippable]
+        for i, third in self._symmetric.items():  # equally near for any yaw within the band
+            cands.append((i, SYMMETRIC, np.array([min(max(face.yaw, -third), third), self.shots[i].pose[1]])))
         if len(cands) == 1:
             return 0
         d = {(i, v): float(np.linalg.norm(pose - p)) for i, v, p in cands}
