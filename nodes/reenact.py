@@ -445,13 +445,9 @@ def local_jacobians(src: np.ndarray, dst: np.ndarray, idx: np.ndarray, mask: np.
     return j
 
 
-def mouth_coherent(jac: np.ndarray, lm: np.ndarray) -> np.ndarray:
-    """The local maps ``jac`` (468, 2, 2) with those of the mouth replaced by one shared map (their
-    mean), fading back to the local ones over a third of the mouth's width outside the lips. Per
-    vertex, the lips' maps differ as the two faces' lip thicknesses do: a thin-lipped avatar's upper lip
-    magnified the driver's downward motion 1.5 times and its lower lip 0.6 times, so a mouth moving
-    down as a whole (a pout, the jaw) pushed the upper lip through the lower one at the corners, drawn
-    as a saw-tooth. One map keeps the lips' motion coherent; their shape still maps through it."""
+def mouth_weights(lm: np.ndarray) -> np.ndarray:
+    """(468,) 0..1 per vertex of the face ``lm``: 1 on the lips (their outline grown by 15%), fading to 0
+    over a third of the mouth's width outside them (``mouth_coherent``). Depends on the avatar alone."""
     p = lm[:468, :2]
     lips = p[OUTER_LIPS]
     c = lips.mean(0)
@@ -461,6 +457,16 @@ def mouth_coherent(jac: np.ndarray, lm: np.ndarray) -> np.ndarray:
     for i in range(468):
         d = cv2.pointPolygonTest(poly, (float(p[i, 0]), float(p[i, 1])), True)  # > 0 inside, px
         inside[i] = np.clip(1.0 + d / (0.33 * mw), 0.0, 1.0)
+    return inside
+
+
+def mouth_coherent(jac: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """The local maps ``jac`` (468, 2, 2) with those of the mouth replaced by one shared map (their
+    mean), fading back to the local ones by ``inside`` (``mouth_weights``). Per vertex, the lips' maps
+    differ as the two faces' lip thicknesses do: a thin-lipped avatar's upper lip magnified the
+    driver's downward motion 1.5 times and its lower lip 0.6 times, so a mouth moving down as a whole
+    (a pout, the jaw) pushed the upper lip through the lower one at the corners, drawn as a saw-tooth.
+    One map keeps the lips' motion coherent; their shape still maps through it."""
     core = inside >= 1.0
     if not core.any():  # degenerate landmarks: nothing to share
         return jac
@@ -579,6 +585,7 @@ class Motion:
         self.follow = follow
         self.neutral: np.ndarray | None = None
         self.nb_idx, self.nb_mask = mesh_neighbours()
+        self.lip_weights = mouth_weights(self.avatar)  # once: a neutral may be captured many times (auto)
 
     def capture(self, d: np.ndarray) -> None:
         n = close_mouth(d.astype(np.float64), max(float(lip_gap(self.avatar)), 0.0))
@@ -588,7 +595,7 @@ class Motion:
         # deformation transfer: an expression offset at a driver vertex maps through the local shape
         # difference between the driver's neutral face and the avatar's (a shorter chin moves less)
         aligned = self.s_na * n @ self.r_na.T + t_na
-        self.jac = mouth_coherent(local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask), self.avatar)
+        self.jac = mouth_coherent(local_jacobians(aligned, self.avatar, self.nb_idx, self.nb_mask), self.lip_weights)
         self.pivot_n = self._pivot(n)
         self.gaps_n = np.maximum(_eye_gaps(n), 0.02)
         self.gain_x = np.ones(N_LM)
