@@ -69,9 +69,14 @@ def face_axes(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u, v
 
 
+def eye_vector(lm: np.ndarray) -> np.ndarray:
+    """(..., D) from the right eye's outline centroid to the left eye's, in all of ``lm``'s dimensions."""
+    return _pt(lm, EYE_LEFT_RING) - _pt(lm, EYE_RIGHT_RING)
+
+
 def _eye_line(lm: np.ndarray) -> np.ndarray:
-    """(..., 2) from the right eye's outline centroid to the left eye's."""
-    return _pt(lm, EYE_LEFT_RING)[..., :2] - _pt(lm, EYE_RIGHT_RING)[..., :2]
+    """(..., 2) the eye line in the image (``eye_vector``'s x and y)."""
+    return eye_vector(lm)[..., :2]
 
 
 def _eye_centre(lm: np.ndarray, side: str) -> np.ndarray:

@@ -604,11 +604,6 @@ class Motion:
         # the image roll: the neutral's eye-line angle
         self.roll_n = float(fmx.roll_deg(n))
 
-    @staticmethod
-    def _eye_line(lm: np.ndarray) -> np.ndarray:
-        """(3,) from the right eye outline's centroid to the left one's (``face_metrics.roll_deg``)."""
-        return lm[list(fmx.EYE_LEFT_RING)].mean(0) - lm[list(fmx.EYE_RIGHT_RING)].mean(0)
-
     def match_roll(self, rot: np.ndarray, d: np.ndarray, expr: np.ndarray) -> np.ndarray:
         """``rot`` turned about the view axis so that the avatar's eye line (with expression offsets
         ``expr`` (478, 3)) tilts in the picture by as much as the driver's has since the neutral
@@ -616,8 +611,8 @@ class Motion:
         or seen from three quarters, tilts the projected eye line during nods and turns; the streamer
         sees their head's tilt, so the picture's tilt is what is kept."""
         want = math.radians(float(fmx.roll_deg(d)) - self.roll_n)
-        e0 = self._eye_line(self.avatar)[:2]
-        e1 = (rot @ self._eye_line(self.avatar + expr * [1.0, 1.0, 0.3]))[:2]
+        e0 = fmx.eye_vector(self.avatar)[:2]
+        e1 = (rot @ fmx.eye_vector(self.avatar + expr * [1.0, 1.0, 0.3]))[:2]
         have = math.atan2(e1[1], e1[0]) - math.atan2(e0[1], e0[0])
         c = (want - have + math.pi) % (2.0 * math.pi) - math.pi
         cs, sn = math.cos(c), math.sin(c)
