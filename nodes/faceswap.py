@@ -18,7 +18,11 @@ Per chosen face, per frame, working only inside the face's box:
      on the CPU, torch on CUDA); ``blend: relight`` (default) gives the avatar's features the live
      face's light and detail contrast: per pixel v * gain + offset, both low-frequency fields from the
      live and the warped avatar skin; ``blend: seamless`` adds a gradient-domain step instead: the
-     live shading along the mask's edge spread over the face as a smooth membrane.
+     live shading along the mask's edge spread over the face as a smooth membrane;
+  5. ``expression_detail``: the streamer's creases and folds (smile lines, a frown, a raised forehead)
+     are laid over the avatar's skin as an expression ratio image (``ExpressionDetail``): the live face
+     is unwarped into a frontal frame each frame and divided by its own slow average there, so only
+     what changes with expression (not the streamer's own skin, moles or light) reaches the avatar.
 
 The mesh has no triangles over the eye openings or between the lips, so the streamer's own eyes and
 mouth interior always show through: avatar lips are never stretched over an open mouth.
@@ -76,6 +80,18 @@ FLIP_MIN_YAW = 12.0  # degrees: a shot turned at least this far may be drawn fli
 # degrees: a shot turned at least this far may be drawn symmetric (its near half on both sides) for a head
 # turned less than a third as far; Mona's 16 degrees keep her own (asymmetric) smile, Pearl's 34 do not
 SYMMETRIC_MIN_YAW = 25.0
+# expression detail (``ExpressionDetail``): the live face unwarped to a frontal frame this many pixels wide;
+# its slow average (the face at rest) follows over EXPR_REST_S seconds; of the ratio to it only the fine
+# pattern is kept (finer than EXPR_FINE face widths: broad light is relight's), changes under EXPR_CORE
+# (camera noise) are dropped and the rest is limited to 1 +- EXPR_LIMIT
+EXPR_WIDTH = 112
+EXPR_REST_S = 4.0
+EXPR_FINE = 0.06
+EXPR_CORE = 0.02
+EXPR_LIMIT = 0.25
+# the nose's points: its shading changes with every turn of the head, which is no expression
+NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 64, 294, 48, 278, 129, 358, 102, 331, 49, 279, 209, 429,
+        217, 437, 188, 412, 122, 351, 193, 417, 245, 465)
 XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of view crossfades over this long
 OWN, FLIPPED, SYMMETRIC = 0, 1, 2  # views of a shot: as painted, mirrored, its near half on both sides
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
@@ -377,6 +393,80 @@ def load_shots(paths: list[Path], face_px: int) -> list[Shot]:
     return shots
 
 
+# ---- expression detail ---------------------------------------------------------------------------------
+
+class ExpressionDetail:
+    """The streamer's expression creases for the avatar's skin, as an expression ratio image (Liu, Shan
+    and Zhang, "Expressive expression mapping with ratio images", 2001): the live face (the mask's small
+    crop) is unwarped through the mesh into a fixed frontal frame (the canonical face, ``EXPR_WIDTH``
+    pixels wide), where each frame's lightness is divided by the same person's slow average there (the
+    face at rest, ``_TrackState.rest``). What stays still on the face (skin, moles, make-up, the room's
+    light) divides out; a smile line, a frown or a wrinkled forehead is a ratio below or above 1. Only
+    its fine pattern is kept (broad light is the blend's job), small changes (camera noise) are cored
+    away, the eyes, brows, lips and nose (whose shading follows the head's turn) are left out, and the
+    ratio is mapped back onto the live face, where it multiplies the avatar's colour."""
+
+    def __init__(self):
+        from .face_model import canonical
+
+        p = canonical()[0][:, :2]
+        oval = p[list(fmx.FACE_OVAL)]
+        q = (p - oval.min(0)) * (EXPR_WIDTH / float(np.ptp(oval[:, 0]))) + 2.0
+        self.w, self.h = int(np.ceil(q[:, 0].max())) + 3, int(np.ceil(q[:, 1].max())) + 3
+        self.pts = np.ascontiguousarray(q, np.float64)
+        self.tris = face_triangles()
+        # where the ratio may act (0..1): inside the outline, away from the features and the nose
+        feats = np.zeros((self.h, self.w), np.uint8)
+        for loop, grow in ((EYE_RIGHT, 1.6), (EYE_LEFT, 1.6), (BROW_RIGHT, 1.3), (BROW_LEFT, 1.3), (LIPS_OUTER, 1.1)):
+            e = q[list(loop)]
+            c = e.mean(0)
+            cv2.fillPoly(feats, [np.round(c + (e - c) * grow).astype(np.int32)], 255)
+        cv2.fillConvexPoly(feats, cv2.convexHull(np.round(q[list(NOSE)]).astype(np.int32)), 255)
+        inside = np.zeros((self.h, self.w), np.uint8)
+        cv2.fillPoly(inside, [np.round(_shrink(q[list(fmx.FACE_OVAL)], 0.03 * EXPR_WIDTH)).astype(np.int32)], 255)
+        soft = 0.02 * EXPR_WIDTH
+        self.where = ((255.0 - cv2.GaussianBlur(feats, (0, 0), soft).astype(np.float32))
+                      * cv2.GaussianBlur(inside, (0, 0), soft).astype(np.float32) / np.float32(255.0 * 255.0))
+        self._frontal = np.zeros((self.h, self.w, 3), np.uint8)
+        self._to_frontal, self._to_live = tk.TexMap(), tk.TexMap()
+        self._back = np.empty((0, 0, 3), np.uint8)
+
+    def ratio(self, small: np.ndarray, pts: np.ndarray, st: _TrackState, amount: float,
+              fps: float) -> np.ndarray | None:
+        """(mh, mw) float32 ratio (1 = no change) for the small crop ``small`` whose landmarks are ``pts``
+        (mask pixels), or None before there is anything to compare with (the first frame of a face).
+        Updates the face's rest average."""
+        pts = np.ascontiguousarray(pts[:, :2], np.float64)
+        front = np.nonzero(_signed_area(pts[self.tris]) > 0)[0]  # the triangles the live view shows
+        if len(front) < 10:
+            return None
+        tris = self.tris[front]
+        tk.texmap_numba(self._frontal, small, pts, self.pts, tris, None, (0, 0, self.w, self.h), self._frontal,
+                        self._to_frontal)
+        seen = self._to_frontal.owner >= 0
+        y = self._frontal.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        y = cv2.GaussianBlur(y, (0, 0), 0.6) + np.float32(8.0)  # + 8: dark pixels' noise is no ratio
+        if st.rest is None or st.rest.shape != y.shape:
+            st.rest = y
+            return None
+        r = y / st.rest
+        st.rest[seen] += (y[seen] - st.rest[seen]) * np.float32(1.0 / max(EXPR_REST_S * fps, 1.0))
+        w = seen.astype(np.float32) * self.where
+        sigma = EXPR_FINE * EXPR_WIDTH
+        broad = cv2.GaussianBlur(r * w, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(w, (0, 0), sigma), 1e-3)
+        d = np.clip(r / np.maximum(broad, 1e-3) - 1.0, -EXPR_LIMIT, EXPR_LIMIT)
+        d = np.sign(d) * np.maximum(np.abs(d) - EXPR_CORE, 0.0) * (w * np.float32(amount))
+        # back onto the live face (the ratio travels as 8 bits around 128: steps of 1/255)
+        enc = np.clip(d * 255.0 + 128.5, 0, 255).astype(np.uint8)
+        mh, mw = small.shape[:2]
+        if self._back.shape[:2] != (mh, mw):
+            self._back = np.empty((mh, mw, 3), np.uint8)
+        self._back.fill(128)
+        tk.texmap_numba(self._back, np.ascontiguousarray(np.repeat(enc[..., None], 3, axis=2)), self.pts, pts,
+                        tris, None, (0, 0, mw, mh), self._back, self._to_live)
+        return (self._back[..., 0].astype(np.float32) - np.float32(128.0)) * np.float32(1.0 / 255.0) + np.float32(1.0)
+
+
 # ---- the per-face mask -----------------------------------------------------------------------------------
 
 class SwapMask:
@@ -387,6 +477,7 @@ class SwapMask:
         self._alpha = np.empty(0, np.float32)
         self._offset = np.empty(0, np.float32)
         self._gain = np.empty(0, np.float32)
+        self._ratio = np.empty(0, np.float32)
         self._warped = np.empty((0, 0, 3), np.uint8)
         self._small_map = tk.TexMap()
 
@@ -503,6 +594,27 @@ class SwapMask:
         cv2.resize(field_small, (bw, bh), dst=dst, interpolation=cv2.INTER_LINEAR)
         return dst
 
+    def with_ratio(self, ratio: np.ndarray, box, offset: np.ndarray | None,
+                   gain: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
+        """(offset, gain) with the expression ratio (mask resolution, ``ExpressionDetail.ratio``) folded in:
+        the blended colour (v * gain + offset) is multiplied by it. Without a gain (the alpha and the
+        seamless blends) the ratio becomes the gain."""
+        x0, y0, x1, y1 = box
+        bw, bh = x1 - x0, y1 - y0
+        if self._ratio.size < bw * bh:
+            self._ratio = np.empty(int(bw * bh * 1.5), np.float32)
+        rb = self._ratio[: bw * bh].reshape(bh, bw)
+        cv2.resize(ratio, (bw, bh), dst=rb, interpolation=cv2.INTER_LINEAR)
+        rb3 = rb[..., None]
+        if offset is not None:
+            offset *= rb3
+        if gain is None:
+            gain = self._gain[: bw * bh * 3].reshape(bh, bw, 3)
+            gain[:] = rb3
+        else:
+            gain *= rb3
+        return offset, gain
+
     def _relight(self, small: np.ndarray, covered: np.ndarray, box, st: _TrackState | None = None):
         """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
         features on top. With L and A the live and warped-avatar crops blurred alike over the skin the
@@ -563,6 +675,7 @@ class _TrackState:
     prev: tuple[int, int] | None = None  # the shot (and view) being crossfaded out
     xfade: float = 1.0  # 0..1 through the crossfade from ``prev`` to the current shot
     contrast: float | None = None  # relight: smoothed feature contrast (``SwapMask._contrast``)
+    rest: np.ndarray | None = None  # expression detail: the live face's slow-average lightness, frontal frame
     fade: float = 0.0  # fades in when a face appears
     seen: int = 0  # frame counter of the last update
 
@@ -601,6 +714,10 @@ class FaceSwap(Node):
               "avatar's dramatic shading is replaced by your room's light; the steadiest edge); alpha: the "
               "feathered mask blend alone (faster)",
               choices=("seamless", "relight", "alpha")),
+        Param("expression_detail", "float", 0.7, "how strongly the streamer's creases and folds (smile lines, a "
+              "frown, a raised forehead) are drawn onto the avatar's skin; only what changes with expression "
+              "is taken, never the streamer's own skin (0 = off, 1 = as strong as on the streamer)",
+              min=0.0, max=1.5, step=0.1),
         Param("eye_margin", "float", 1.3, "the streamer's own eyes show through; this grows the live eye area "
               "around the opening (1 = the opening only, 1.3 includes the lid edges)", min=1.0, max=2.0, step=0.05),
         Param("brow_show", "float", 0.0, "how much the streamer's own brows show through the avatar's "
@@ -645,6 +762,7 @@ class FaceSwap(Node):
         tk.warmup()
         self.texmap = tk.TexMap()
         self.mask = SwapMask()
+        self.detail = ExpressionDetail()
         self.tracks: dict[int, _TrackState] = {}
         self.chosen: int | None = None
         self._frame = 0
@@ -752,6 +870,9 @@ class FaceSwap(Node):
         t = p["mouth_threshold"]
         mouth_w = float(smoothstep((mo - t / 3.0) / (t - t / 3.0))) if p["mouth_mask"] else 0.0
         alpha, small, region = self.mask.build(frame, lm, (x0, y0, x1, y1), face_w, p, weight, mouth_w, st.stats)
+        ratio = None
+        if p["expression_detail"] > 0:
+            ratio = self.detail.ratio(small, self.mask.pts, st, p["expression_detail"], self.ctx.fps)
         live = lab_stats(small, region)
         k = 1.0
         if st.stats is None:
@@ -772,20 +893,21 @@ class FaceSwap(Node):
         # z: the order of overlapping triangles (the nose over a cheek) must not flip between frames
         depth = self._tri_centres @ np.asarray(face.rotation, np.float64)[2]
         if st.prev is not None and st.xfade < 1.0:  # the shot changed: the old one first, the new fades in
-            self._draw(st, self.shots[st.prev[0]], st.prev[1], depth, small, region, alpha, box, dst)
+            self._draw(st, self.shots[st.prev[0]], st.prev[1], depth, small, region, alpha, box, dst, ratio)
             if self._xfade_alpha.size < alpha.size:
                 self._xfade_alpha = np.empty(int(alpha.size * 1.5), np.float32)
             a = self._xfade_alpha[: alpha.size].reshape(alpha.shape)
             np.multiply(alpha, np.float32(smoothstep(st.xfade)), out=a)
-            self._draw(st, self.shots[st.shot], st.view, depth, small, region, a, box, dst)
+            self._draw(st, self.shots[st.shot], st.view, depth, small, region, a, box, dst, ratio)
             st.xfade = min(1.0, st.xfade + 1.0 / max(XFADE_S * self.ctx.fps, 1.0))
         else:
             st.prev = None
-            self._draw(st, self.shots[st.shot], st.view, depth, small, region, alpha, box, dst)
+            self._draw(st, self.shots[st.shot], st.view, depth, small, region, alpha, box, dst, ratio)
 
     def _draw(self, st: _TrackState, shot: Shot, view: int, depth: np.ndarray, small: np.ndarray,
-              region: np.ndarray, alpha: np.ndarray, box, dst: np.ndarray) -> None:
-        """One shot (in one view) mapped onto the live face and blended into ``dst`` with ``alpha``."""
+              region: np.ndarray, alpha: np.ndarray, box, dst: np.ndarray, ratio: np.ndarray | None = None) -> None:
+        """One shot (in one view) mapped onto the live face and blended into ``dst`` with ``alpha``, times
+        the expression ``ratio`` when given."""
         p = self.p
         if p["match_sharpness"] and st.detail is not None:
             shot.choose_level(st.detail)
@@ -799,6 +921,8 @@ class FaceSwap(Node):
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),
                                                     relight=p["blend"] == "relight", st=st)
+        if ratio is not None:
+            offset, gain = self.mask.with_ratio(ratio, box, offset, gain)
         if self._torch is not None:
             self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset, gain)
         else:

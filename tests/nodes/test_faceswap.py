@@ -550,3 +550,32 @@ def test_a_shot_change_crossfades_instead_of_popping(shared_data, talking):
     assert total > 1.0
     assert d_old[0] < 0.3 * total and np.abs(steps[-1].astype(int) - ends[1]).mean() < 0.5
     assert max(np.diff([0.0] + d_old)) < 0.4 * total
+
+
+def test_expression_detail_draws_the_streamers_creases_not_their_skin(shared_data, talking):
+    frames, faces = talking
+    f, fc = frames[8], faces[8]
+    lm = fc[0].landmarks
+    fw = float(fc[0].width)
+    # a new crease on the live cheek (as a smile line appears): a dark stroke below the near cheekbone
+    top = lm[280, :2] + (0.0, 0.04 * fw)
+    line = np.zeros(f.shape[:2], np.uint8)
+    cv2.line(line, tuple(np.round(top).astype(int)), tuple(np.round(top + (-0.03 * fw, 0.15 * fw)).astype(int)), 1,
+             max(2, int(0.02 * fw)))
+    creased = f.copy()
+    creased[line.astype(bool)] = (creased[line.astype(bool)] * 0.6).astype(np.uint8)
+    core = cv2.erode(line, np.ones((3, 3), np.uint8)).astype(bool)
+    assert core.sum() > 10
+    on = swap_node(shared_data, f.shape[:2], expression_detail=1.0)
+    off = swap_node(shared_data, f.shape[:2], expression_detail=0.0)
+    for _ in range(5):  # the face at rest
+        same_on, same_off = swap(on, f, fc), swap(off, f, fc)
+    # what stays still on the streamer's face (their own skin, moles, light) is not drawn at all
+    assert np.array_equal(same_on, same_off)
+    a, b = swap(on, creased, fc).astype(float), swap(off, creased, fc).astype(float)
+    # the crease darkens the avatar's cheek where it appeared...
+    assert a[core].mean() < 0.85 * b[core].mean(), (a[core].mean(), b[core].mean())
+    # ...and nothing else: the forehead is untouched
+    x, y = (int(v) for v in lm[151, :2])
+    forehead = (slice(y - 3, y + 3), slice(x - 6, x + 6))
+    assert np.abs(a[forehead] - b[forehead]).max() <= 1.0
