@@ -92,6 +92,7 @@ EXPR_LIMIT = 0.25
 # the nose's points: its shading changes with every turn of the head, which is no expression
 NOSE = (168, 6, 197, 195, 5, 4, 1, 19, 94, 2, 98, 327, 64, 294, 48, 278, 129, 358, 102, 331, 49, 279, 209, 429,
         217, 437, 188, 412, 122, 351, 193, 417, 245, 465)
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # luma weights of B, G, R
 XFADE_S = 0.3  # seconds: a change of shot (few-shot avatars) or of view crossfades over this long
 OWN, FLIPPED, SYMMETRIC = 0, 1, 2  # views of a shot: as painted, mirrored, its near half on both sides
 BLUR_LEVELS = (0.0, 0.7, 1.2, 1.8, 2.6, 3.6)  # texture softening levels, pixels at a 256 px face
@@ -430,6 +431,7 @@ class ExpressionDetail:
         self._frontal = np.zeros((self.h, self.w, 3), np.uint8)
         self._to_frontal, self._to_live = tk.TexMap(), tk.TexMap()
         self._back = np.empty((0, 0, 3), np.uint8)
+        self._enc = np.empty((self.h, self.w, 3), np.uint8)
 
     def ratio(self, small: np.ndarray, pts: np.ndarray, st: _TrackState, amount: float,
               fps: float) -> np.ndarray | None:
@@ -444,7 +446,7 @@ class ExpressionDetail:
         tk.texmap_numba(self._frontal, small, pts, self.pts, tris, None, (0, 0, self.w, self.h), self._frontal,
                         self._to_frontal)
         seen = self._to_frontal.owner >= 0
-        y = self._frontal.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        y = self._frontal.astype(np.float32) @ LUMA_BGR
         y = cv2.GaussianBlur(y, (0, 0), 0.6) + np.float32(8.0)  # + 8: dark pixels' noise is no ratio
         if st.rest is None or st.rest.shape != y.shape:
             st.rest = y
@@ -457,13 +459,13 @@ class ExpressionDetail:
         d = np.clip(r / np.maximum(broad, 1e-3) - 1.0, -EXPR_LIMIT, EXPR_LIMIT)
         d = np.sign(d) * np.maximum(np.abs(d) - EXPR_CORE, 0.0) * (w * np.float32(amount))
         # back onto the live face (the ratio travels as 8 bits around 128: steps of 1/255)
-        enc = np.clip(d * 255.0 + 128.5, 0, 255).astype(np.uint8)
+        self._enc[:] = np.clip(d * 255.0 + 128.5, 0, 255).astype(np.uint8)[..., None]
         mh, mw = small.shape[:2]
         if self._back.shape[:2] != (mh, mw):
             self._back = np.empty((mh, mw, 3), np.uint8)
         self._back.fill(128)
-        tk.texmap_numba(self._back, np.ascontiguousarray(np.repeat(enc[..., None], 3, axis=2)), self.pts, pts,
-                        tris, None, (0, 0, mw, mh), self._back, self._to_live)
+        tk.texmap_numba(self._back, self._enc, self.pts, pts, tris, None, (0, 0, mw, mh), self._back,
+                        self._to_live)
         return (self._back[..., 0].astype(np.float32) - np.float32(128.0)) * np.float32(1.0 / 255.0) + np.float32(1.0)
 
 
@@ -629,8 +631,7 @@ class SwapMask:
         # sockets keep a warm hue on the live skin instead of turning grey-violet), but each within
         # CHANNEL_SPREAD of the luma gain: the recolour has already brought the avatar's skin to the live
         # hue, and free channel gains would swing a many-coloured avatar (fur, paint) into greens
-        y = np.array([0.114, 0.587, 0.299], np.float32)  # BGR luma weights
-        g = np.clip((live_low @ y) / np.maximum(avatar_low @ y, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)[..., None]
+        g = np.clip((live_low @ LUMA_BGR) / np.maximum(avatar_low @ LUMA_BGR, 1.0), 1.0 / RELIGHT_GAIN, RELIGHT_GAIN)[..., None]
         g = np.clip(live_low / np.maximum(avatar_low, 1.0), g / CHANNEL_SPREAD, g * CHANNEL_SPREAD)
         c = self._contrast(small, live_low, avatar_low, covered, g)
         if st is not None:  # smoothed over about half a second: no pumping
