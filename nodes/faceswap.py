@@ -452,8 +452,9 @@ class ExpressionDetail:
             st.rest = y
             return None
         r = y / st.rest
-        st.rest[seen] += (y[seen] - st.rest[seen]) * np.float32(1.0 / max(EXPR_REST_S * fps, 1.0))
-        w = seen.astype(np.float32) * self.where
+        seen_f = seen.astype(np.float32)
+        st.rest += (y - st.rest) * (seen_f * np.float32(1.0 / max(EXPR_REST_S * fps, 1.0)))
+        w = seen_f * self.where
         sigma = EXPR_FINE * EXPR_WIDTH
         broad = cv2.GaussianBlur(r * w, (0, 0), sigma) / np.maximum(cv2.GaussianBlur(w, (0, 0), sigma), 1e-3)
         d = np.clip(r / np.maximum(broad, 1e-3) - 1.0, -EXPR_LIMIT, EXPR_LIMIT)
@@ -479,7 +480,6 @@ class SwapMask:
         self._alpha = np.empty(0, np.float32)
         self._offset = np.empty(0, np.float32)
         self._gain = np.empty(0, np.float32)
-        self._ratio = np.empty(0, np.float32)
         self._warped = np.empty((0, 0, 3), np.uint8)
         self._small_map = tk.TexMap()
 
@@ -537,8 +537,10 @@ class SwapMask:
         return alpha, small, region
 
     def lighting_offset(self, small: np.ndarray, tex: np.ndarray, shot, tris: np.ndarray, box,
-                        skin: np.ndarray, relight: bool = False, st: _TrackState | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """(offset, gain) for the texture map (see ``_relight`` for ``relight``). The seamless blend's
+                        skin: np.ndarray, relight: bool = False, st: _TrackState | None = None,
+                        ratio: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(offset, gain) for the texture map (see ``_relight`` for ``relight``), with the expression
+        ``ratio`` folded in when given (``to_box``). The seamless blend's
         correction is an offset (bh, bw, 3) float32 alone (gain None): the difference (live - warped avatar)
         along the mask's soft edge, spread smoothly over the face by a normalised Gaussian (a smooth
         membrane, as a Poisson blend solves for) and added to the avatar, so its shading and the live
@@ -552,14 +554,14 @@ class SwapMask:
                         self._small_map)
         covered = self._small_map.owner >= 0
         if relight:
-            return self._relight(small, covered & skin, box, st)
+            return self.to_box(box, (mw, mh), *self._relight(small, covered & skin, st), ratio)
         # the membrane is pinned on the mask's soft edge only (where avatar and live meet), then
         # spread smoothly inwards: the inside keeps the avatar's own features
         ring = covered & (self.outer > 8) & (self.outer < 247) & (self.small_alpha > 0.01)
         support = ring.astype(np.float32)
         live_low, avatar_low = self._lowpass(small, support, 4, 0.15)
         corr = np.clip(live_low - avatar_low, -MEMBRANE_LIMIT, MEMBRANE_LIMIT)
-        return self._upsample(corr, self._offset, box), None
+        return self.to_box(box, (mw, mh), corr, None, ratio)
 
     def _lowpass(self, small: np.ndarray, support: np.ndarray, d: int, sigma_fw: float):
         """The live crop and the warped avatar blurred the same way over ``support`` (a normalised
@@ -596,28 +598,26 @@ class SwapMask:
         cv2.resize(field_small, (bw, bh), dst=dst, interpolation=cv2.INTER_LINEAR)
         return dst
 
-    def with_ratio(self, ratio: np.ndarray, box, offset: np.ndarray | None,
-                   gain: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray]:
-        """(offset, gain) with the expression ratio (mask resolution, ``ExpressionDetail.ratio``) folded in:
-        the blended colour (v * gain + offset) is multiplied by it. Without a gain (the alpha and the
-        seamless blends) the ratio becomes the gain."""
-        x0, y0, x1, y1 = box
-        bw, bh = x1 - x0, y1 - y0
-        if self._ratio.size < bw * bh:
-            self._ratio = np.empty(int(bw * bh * 1.5), np.float32)
-        rb = self._ratio[: bw * bh].reshape(bh, bw)
-        cv2.resize(ratio, (bw, bh), dst=rb, interpolation=cv2.INTER_LINEAR)
-        rb3 = rb[..., None]
+    def to_box(self, box, size: tuple[int, int], offset: np.ndarray | None, gain: np.ndarray | None,
+               ratio: np.ndarray | None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(offset, gain) at the face box's resolution from the low-resolution fields, by way of the mask's
+        resolution ``size`` (w, h), where the expression ratio (``ExpressionDetail.ratio``) is folded in
+        when given: the blended colour (v * gain + offset) is multiplied by it. The box-sized work is the
+        one resize each field needs anyway, and a ratio of 1 changes nothing. Without a gain (the alpha
+        and the seamless blends) the ratio becomes the gain."""
         if offset is not None:
-            offset *= rb3
-        if gain is None:
-            gain = self._gain[: bw * bh * 3].reshape(bh, bw, 3)
-            gain[:] = rb3
-        else:
-            gain *= rb3
-        return offset, gain
+            offset = cv2.resize(offset, size, interpolation=cv2.INTER_LINEAR)
+        if gain is not None:
+            gain = cv2.resize(gain, size, interpolation=cv2.INTER_LINEAR)
+        if ratio is not None:
+            r3 = ratio[..., None]
+            if offset is not None:
+                offset *= r3
+            gain = np.repeat(r3, 3, axis=2) if gain is None else gain * r3
+        return (None if offset is None else self._upsample(offset, self._offset, box),
+                None if gain is None else self._upsample(gain, self._gain, box))
 
-    def _relight(self, small: np.ndarray, covered: np.ndarray, box, st: _TrackState | None = None):
+    def _relight(self, small: np.ndarray, covered: np.ndarray, st: _TrackState | None = None):
         """``blend: relight``: the live face's own light and colour at low frequencies, the avatar's
         features on top. With L and A the live and warped-avatar crops blurred alike over the skin the
         mesh covers (eyes, brows and lips left out, so the live face's own features do not show
@@ -643,8 +643,7 @@ class SwapMask:
         w = cv2.resize(self.outer, live_low.shape[1::-1], interpolation=cv2.INTER_AREA).astype(np.float32)
         w *= np.float32(1.0 / 255.0)
         g *= (w * w)[..., None]
-        off = live_low - g * avatar_low
-        return self._upsample(off, self._offset, box), self._upsample(g, self._gain, box)
+        return live_low - g * avatar_low, g  # (offset, gain) at half the mask's resolution
 
 
 def occlusion(small: np.ndarray, pts: np.ndarray, skin: np.ndarray, tol: float, fw: float) -> np.ndarray:
@@ -918,12 +917,11 @@ class FaceSwap(Node):
         use = np.nonzero(shot.shown)[0]
         order = use[np.argsort(depth[use], kind="stable")]
         tris = self.tris[order] + shot.tri_offsets[view][order, None]
-        offset = gain = None
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),
-                                                    relight=p["blend"] == "relight", st=st)
-        if ratio is not None:
-            offset, gain = self.mask.with_ratio(ratio, box, offset, gain)
+                                                    relight=p["blend"] == "relight", st=st, ratio=ratio)
+        else:
+            offset, gain = self.mask.to_box(box, small.shape[1::-1], None, None, ratio)
         if self._torch is not None:
             self._swap_torch(dst, tex, shot.tex_pts, self._dst2, tris, alpha, box, offset, gain)
         else:
