@@ -167,6 +167,26 @@ def cmd_setup(args) -> int:
     return 0
 
 
+def is_answer(payload: dict, d) -> bool:
+    """Whether the CustomEvent data ``d`` may answer the command ``payload`` sent by ``obs send``: an
+    error, a preset switch taking effect, the engine's echo (or rejection) of this very command, or
+    the state a state query asks for. The same command from another client, or from OBS's own scene
+    binding (a switch_preset by index), is not the answer."""
+    from . import protocol
+
+    if not isinstance(d, dict):
+        return False
+    if protocol.KEY_ERROR in d:
+        return True
+    st = d.get(protocol.KEY_STATE)
+    if not isinstance(st, dict):
+        return False
+    event = st.get("event")
+    if payload["command"] == protocol.STATE_QUERY:
+        return event == protocol.STATE_QUERY
+    return event == "preset" or (event in (payload["command"], "rejected") and st.get("command") == payload)
+
+
 def cmd_send(args) -> int:
     """Send one avatarcast command through OBS (as a Stream Deck would) and print the answer."""
     import queue
@@ -193,10 +213,7 @@ def cmd_send(args) -> int:
     answers: queue.SimpleQueue = queue.SimpleQueue()
 
     def mine(t: str, d) -> None:  # the answer to this command (other clients' traffic is ignored)
-        if t != "CustomEvent" or not isinstance(d, dict):
-            return
-        st = d.get(protocol.KEY_STATE)
-        if protocol.KEY_ERROR in d or (isinstance(st, dict) and st.get("event") in (args.name, "preset")):
+        if t == "CustomEvent" and is_answer(payload, d):
             answers.put(d)
 
     evt.callback = _RawEvents(mine)
@@ -217,7 +234,7 @@ def cmd_send(args) -> int:
                     switching = True  # the preset is still being prepared: wait for the switch itself
                     continue
             print(json.dumps(answer))
-            if protocol.KEY_ERROR in answer:
+            if protocol.KEY_ERROR in answer or (isinstance(st, dict) and st.get("event") == "rejected"):
                 return 2
             return 0
         print(f"no answer within {args.wait:g} s (is `avatarcast run --obs` running?)")

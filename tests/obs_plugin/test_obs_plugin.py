@@ -120,6 +120,32 @@ def test_custom_event_parsing():
     assert protocol.state_event({"preset": "Mona"}) == {"avatarcast_state": {"preset": "Mona"}}
 
 
+def test_obs_send_takes_only_its_own_commands_echo_as_the_answer(set3):
+    """`avatarcast obs send` must not take OBS's own scene binding (which sends switch_preset by index
+    when the link connects) or another client's command for the answer to its own."""
+    from engine.control import make_command
+    from obs_plugin.cli import is_answer
+
+    def echo(cmd, event=None, **state):
+        return protocol.state_event({"event": event or cmd.name, "command": cmd.as_dict(), "source": cmd.source,
+                                     **state})
+
+    mine = {"command": "switch_preset", "name": "Dark"}
+    scene = binding.commands_for_scene("Just Chatting", set3, "keep")[-1]
+    assert scene.name == "switch_preset" and not is_answer(mine, echo(scene, preset="Mona"))
+    other = make_command("switch_preset", source="obs", name="Cool")
+    assert not is_answer(mine, echo(other, preset="Cool"))
+    ours = make_command("switch_preset", source="obs", name="Dark")
+    assert is_answer(mine, echo(ours, preset="Dark"))
+    assert is_answer(mine, echo(ours, event="rejected", reason="no preset named 'Dark'"))
+    assert is_answer(mine, protocol.state_event({"event": "preset", "preset": "Dark"}))
+    assert is_answer(mine, protocol.error_event("bad", {}))
+    assert not is_answer(mine, {"other_tool": 1}) and not is_answer(mine, "text")
+    query = {"command": protocol.STATE_QUERY}
+    assert is_answer(query, protocol.state_event({"event": "state", "preset": "Warm"}))
+    assert not is_answer(query, echo(ours, preset="Dark"))
+
+
 # ---- the stream -----------------------------------------------------------------------------------
 
 class Feeder:
