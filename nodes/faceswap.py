@@ -481,6 +481,7 @@ class SwapMask:
         self._offset = np.empty(0, np.float32)
         self._gain = np.empty(0, np.float32)
         self._warped = np.empty((0, 0, 3), np.uint8)
+        self._fold = np.empty((2, 0, 0, 3), np.float32)  # to_box: the light fields at the mask's resolution
         self._small_map = tk.TexMap()
 
     def build(self, frame: np.ndarray, lm: np.ndarray, box: tuple[int, int, int, int], face_w: float, p: dict,
@@ -605,15 +606,21 @@ class SwapMask:
         when given: the blended colour (v * gain + offset) is multiplied by it. The box-sized work is the
         one resize each field needs anyway, and a ratio of 1 changes nothing. Without a gain (the alpha
         and the seamless blends) the ratio becomes the gain."""
+        if self._fold.shape[1:3] != size[::-1]:
+            self._fold = np.empty((2, size[1], size[0], 3), np.float32)
         if offset is not None:
-            offset = cv2.resize(offset, size, interpolation=cv2.INTER_LINEAR)
+            offset = cv2.resize(offset, size, dst=self._fold[0], interpolation=cv2.INTER_LINEAR)
         if gain is not None:
-            gain = cv2.resize(gain, size, interpolation=cv2.INTER_LINEAR)
+            gain = cv2.resize(gain, size, dst=self._fold[1], interpolation=cv2.INTER_LINEAR)
         if ratio is not None:
             r3 = ratio[..., None]
             if offset is not None:
                 offset *= r3
-            gain = np.repeat(r3, 3, axis=2) if gain is None else gain * r3
+            if gain is None:
+                gain = self._fold[1]
+                gain[:] = r3
+            else:
+                gain *= r3
         return (None if offset is None else self._upsample(offset, self._offset, box),
                 None if gain is None else self._upsample(gain, self._gain, box))
 
