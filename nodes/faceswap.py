@@ -63,7 +63,7 @@ BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 39
 BROW_RIGHT = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
 BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 
-TEXTURE_VERSION = "6"
+TEXTURE_VERSION = "10"
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
 # the seamless blend's membrane corrects lighting by at most this much per channel (0..255): enough for a
@@ -133,6 +133,24 @@ def face_triangles() -> np.ndarray:
     return np.array(out, np.int32)
 
 
+@lru_cache(maxsize=1)
+def mirror_triangles() -> np.ndarray:
+    """(852,) int: each triangle's left-right twin (the triangle of its vertices' mirror twins; -1 for
+    the few the tesselation does not mirror)."""
+    from .face_model import canonical
+
+    tris = face_triangles()
+    mirror = canonical()[1]
+    index = {tuple(sorted(t)): i for i, t in enumerate(tris.tolist())}
+    return np.array([index.get(tuple(sorted(mirror[t].tolist())), -1) for t in tris], np.int64)
+
+
+def twin_seen(seen: np.ndarray) -> np.ndarray:
+    """(T,) each triangle's mirror twin's ``texture_seen`` fraction (1 where it has no twin)."""
+    twin = mirror_triangles()
+    return np.where(twin >= 0, seen[np.maximum(twin, 0)], 1.0)
+
+
 def _signed_area(p: np.ndarray) -> np.ndarray:
     """(T, 3, 2) triangles -> (T,) twice the signed area (positive: counter-clockwise with y down)."""
     e1 = p[:, 1] - p[:, 0]
@@ -197,6 +215,30 @@ def lab_stats(bgr: np.ndarray, region: np.ndarray) -> np.ndarray:
 
 # ---- avatar preparation ----------------------------------------------------------------------------------
 
+SEEN_SCALE = 3  # texture_seen: the owner map's supersampling (the nostrils' triangles are a few pixels)
+SEEN_MIN_PX = 4.0  # texture_seen: a triangle smaller than this (supersampled pixels) counts as seen
+
+
+def texture_seen(tl: np.ndarray, tris: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(T,) the fraction of each triangle's own pixels in the shot that no nearer triangle covers. Facing
+    the camera is not enough to be seen: on a three-quarter face the far nostril faces the camera but
+    lies behind the nose's tip, and texturing from there paints the cheek beyond the nose into the
+    nostril. Triangles are drawn nearest first (the landmarks' depth) at SEEN_SCALE times the
+    texture's resolution, the first one over a pixel owning it."""
+    p = tl[:, :2] * SEEN_SCALE
+    front = _signed_area(p[tris]) > 0
+    order = np.nonzero(front)[0]
+    order = order[np.argsort(tl[tris[order], 2].mean(axis=1), kind="stable")]
+    h, w = shape[0] * SEEN_SCALE, shape[1] * SEEN_SCALE
+    owner = tk.owner_ref(p, tris[order], (0, 0, w, h), (h, w))
+    owned = np.bincount(owner[owner >= 0], minlength=len(order)).astype(np.float64)
+    area = 0.5 * _signed_area(p[tris[order]])
+    seen = np.zeros(len(tris), np.float32)
+    # a sliver of a few pixels may own none of them by where they fall: counted as seen
+    seen[order] = np.where(area < SEEN_MIN_PX, 1.0, np.clip(owned / np.maximum(area, 1.0), 0.0, 1.0))
+    return seen
+
+
 def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, np.ndarray]:
     """One avatar image -> its texture: a crop around the face scaled so the face is ``face_px`` wide,
     the 478 landmarks in texture pixels, pose, which triangles the shot shows (front-facing), the
@@ -228,15 +270,16 @@ def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, 
 
     tris = face_triangles()
     mirror = canonical()[1]
-    vis = np.maximum(_signed_area(tl[tris][:, :, :2]), 0.0)
-    vis_m = np.maximum(-_signed_area(tl[mirror[tris]][:, :, :2]), 0.0)  # a mirror image turns clockwise
+    seen = texture_seen(tl, tris, tex.shape[:2])
+    vis = np.maximum(_signed_area(tl[tris][:, :, :2]), 0.0) * seen
+    vis_m = np.maximum(-_signed_area(tl[mirror[tris]][:, :, :2]), 0.0) * twin_seen(seen)  # a mirror image turns clockwise
     use_mirror = vis < 0.05 * vis_m
     shown = (vis > 0) | use_mirror
     region = skin_region(tl[:, :2], tex.shape[:2], face_px)
     stats = lab_stats(tex, region)
     tex = clean_border(tex, tl[:, :2], stats, face_px)
     return {"texture": tex, "landmarks": tl.astype(np.float32), "pose": np.array([face.yaw, face.pitch], np.float32),
-            "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32),
+            "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32), "seen": seen,
             "lab": cv2.cvtColor(tex.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB), "stats": stats}
 
 
@@ -275,6 +318,7 @@ class Shot:
     mirror: np.ndarray  # (478,) int32: each landmark's left-right twin
     lab: np.ndarray  # (th, tw, 3) float32 LAB of the texture
     stats: np.ndarray  # (2, 3) skin LAB median / spread
+    seen: np.ndarray | None = None  # (852,) float32: ``texture_seen``; None: every triangle wholly seen
     recoloured: np.ndarray = field(init=False)
     _tmp: np.ndarray = field(init=False)
 
@@ -288,8 +332,9 @@ class Shot:
         # its mirror twin's pixels, unless the twin is the foreshortened one, where it keeps its own
         tl = self.landmarks[:, :2].astype(np.float64)
         tris = face_triangles()
-        vis = np.maximum(_signed_area(tl[tris]), 0.0)
-        vis_m = np.maximum(-_signed_area(tl[self.mirror[tris]]), 0.0)
+        seen = np.ones(len(tris), np.float32) if self.seen is None else self.seen
+        vis = np.maximum(_signed_area(tl[tris]), 0.0) * seen
+        vis_m = np.maximum(-_signed_area(tl[self.mirror[tris]]), 0.0) * twin_seen(seen)
         flipped = np.where(vis_m < 0.05 * vis, 0, n).astype(np.int32)
         # the shot made symmetric (a three-quarter avatar on a head facing the camera): the near half as it
         # is, the far half (foreshortened, its outline cut by the nose) from the near half's mirror image
@@ -299,6 +344,7 @@ class Shot:
         near = 1.0 if vis[cx > 0].sum() >= vis[cx < 0].sum() else -1.0
         symmetric = np.where((cx * near < 0) & (vis_m > 0), n, self.tri_offset).astype(np.int32)
         self.tri_offsets = (self.tri_offset, flipped, symmetric)  # indexed by view: OWN, FLIPPED, SYMMETRIC
+        self.drawn = (np.nonzero(self.shown)[0], np.nonzero(~self.shown)[0])
         self.flippable = abs(float(self.pose[0])) >= FLIP_MIN_YAW
         self.symmetric_ok = abs(float(self.pose[0])) >= SYMMETRIC_MIN_YAW
         self.recoloured = self.texture.copy()
@@ -390,7 +436,7 @@ def load_shots(paths: list[Path], face_px: int) -> list[Shot]:
 
         d = cached("faceswap-avatar", [path], compute, version=TEXTURE_VERSION, extra=str(face_px))
         shots.append(Shot(path.name, d["texture"], d["landmarks"], d["pose"], d["shown"], d["use_mirror"], d["mirror"],
-                          d["lab"], d["stats"]))
+                          d["lab"], d["stats"], d["seen"]))
     return shots
 
 
@@ -920,9 +966,12 @@ class FaceSwap(Node):
             shot.choose_level(st.detail)
         tex = shot.recolour(st.stats, p["color_amount"] if p["color"] == "lab" else 0.0, p["blend"] == "relight")
         # triangles the shot can texture, nearest first (the first triangle over a pixel wins, so one
-        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes)
-        use = np.nonzero(shot.shown)[0]
-        order = use[np.argsort(depth[use], kind="stable")]
+        # turned away, e.g. under the nose, only fills what nothing nearer covers: no holes); then those it
+        # cannot (hidden in the shot, and their mirror twins too): they only fill what none of those
+        # covers, from their own place in the shot, where what hides them is (the nose's tip over a
+        # nostril), not the live frame's pixels through the avatar's face
+        use, fill = shot.drawn
+        order = np.concatenate([use[np.argsort(depth[use], kind="stable")], fill[np.argsort(depth[fill], kind="stable")]])
         tris = self.tris[order] + shot.tri_offsets[view][order, None]
         if p["blend"] != "alpha":
             offset, gain = self.mask.lighting_offset(small, tex, shot, tris, box, region.astype(bool),

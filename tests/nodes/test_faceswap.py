@@ -29,6 +29,7 @@ from nodes.faceswap import (
     FaceSwap,
     _TrackState,
     face_triangles,
+    texture_seen,
 )
 
 pytestmark = pytest.mark.data
@@ -276,6 +277,61 @@ def test_occluder_in_front_of_the_face_is_not_painted_over(shared_data, talking)
     occluded[cy - r:cy + r, cx - r:cx + r] = (40, 40, 45)
     core = (slice(cy - r // 2, cy + r // 2), slice(cx - r // 2, cx + r // 2))  # the soft edge aside
     assert_kept(swap(n, occluded, [face]), swap(n2, occluded, [face]), occluded, core, 6.0)
+
+
+def test_no_hole_in_the_swapped_nose(shared_data, talking):
+    """Where the avatar's shot shows neither a part of the face nor its mirror twin (the dog's folds
+    beside its muzzle), the swap must still paint that part: no sliver of the live face may show
+    through the avatar's nose. The live face is painted green (its landmarks kept) and the swap
+    drawn opaque over it; no green may be left around the nose."""
+    frames, faces = talking
+    avatar = "dog.jpg"
+    n = swap_node(shared_data, frames[0].shape[:2], avatars=(avatar,), blend="alpha", color="none",
+                  occlusion="off", expression_detail=0.0, mouth_mask=False)
+    nose = [1, 2, 4, 5, 6, 45, 275, 48, 278, 64, 294, 98, 327, 97, 326, 129, 358, 196, 419, 3, 248, 51, 281]
+    worst = 0
+    for f, fs in list(zip(frames, faces, strict=True))[::3]:
+        lm = fs[0].landmarks[:, :2]
+        green = f.copy()
+        face_poly = np.round(lm[list(fmx.FACE_OVAL)]).astype(np.int32)
+        cv2.fillPoly(green, [face_poly], (0, 255, 0))
+        o = swap(n, green, fs).astype(np.int16)
+        region = np.zeros(f.shape[:2], np.uint8)
+        cv2.fillPoly(region, [cv2.convexHull(np.round(lm[nose]).astype(np.int32))], 1)
+        left = (o[..., 1] > o[..., 2] + 60) & (o[..., 1] > o[..., 0] + 60) & (region > 0)
+        worst = max(worst, int(left.sum()))
+    assert worst == 0, f"{worst} live pixels show through the {avatar} swap's nose"
+
+
+def test_texture_seen_counts_what_nearer_triangles_cover():
+    # a triangle half behind a nearer one, the nearer one, one facing away, one far off on its own
+    pts = np.array([[0, 0, 5], [40, 0, 5], [0, 40, 5],  # behind (depth 5)
+                    [0, 0, 1], [40, 0, 1], [40, 40, 1],  # in front (depth 1), over half of it
+                    [60, 0, 0], [60, 40, 0], [100, 0, 0],  # facing away (clockwise)
+                    [0, 60, 9], [40, 60, 9], [0, 100, 9]], np.float64)
+    tris = np.array([[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]], np.int32)  # the third one clockwise
+    seen = texture_seen(pts, tris, (110, 110))
+    assert seen[1] == pytest.approx(1.0, abs=0.03) and seen[3] == pytest.approx(1.0, abs=0.03)
+    assert seen[0] == pytest.approx(0.5, abs=0.05)
+    assert seen[2] == 0.0
+
+
+def test_no_triangle_takes_its_pixels_from_a_twin_the_shot_hides(shared_data):
+    """Pearl's near nostril faces away from the painter, so it is drawn from its mirror twin; but her
+    far nostril lies behind her nose's tip, and taking it would paint the cheek beyond the nose into
+    the nostril (a bright sliver). Every triangle drawn from its twin, in every view, has a twin the
+    shot shows; the rest are drawn from their own place, after all the others."""
+    from nodes.faceswap import OWN, SYMMETRIC, mirror_triangles
+
+    n = swap_node(shared_data, (512, 512), avatars=("pearl_earring.jpg",))
+    pearl = n.shots[0]
+    twin = mirror_triangles()
+    hidden_twin = pearl.seen[np.maximum(twin, 0)] < 0.5
+    assert hidden_twin.sum() >= 5  # around her nose and her far cheek
+    for view in (OWN, SYMMETRIC):  # (FLIPPED draws the whole shot's mirror image)
+        assert not ((pearl.tri_offsets[view] > 0) & hidden_twin & (twin >= 0) & pearl.shown).any(), view
+    use, fill = pearl.drawn
+    assert len(fill) and not np.intersect1d(use, fill).size and len(use) + len(fill) == len(n.tris)
 
 
 def test_selection_keeps_the_same_person_and_all_swaps_everyone(shared_data, talking):
