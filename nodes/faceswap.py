@@ -145,10 +145,15 @@ def mirror_triangles() -> np.ndarray:
     return np.array([index.get(tuple(sorted(mirror[t].tolist())), -1) for t in tris], np.int64)
 
 
-def twin_seen(seen: np.ndarray) -> np.ndarray:
-    """(T,) each triangle's mirror twin's ``texture_seen`` fraction (1 where it has no twin)."""
+def shot_visibility(tl: np.ndarray, mirror: np.ndarray, seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each triangle a shot with landmarks ``tl`` (478, 2) shows, and how much of its mirror
+    twin (a mirror image turns clockwise): twice the on-screen area when facing the camera (else 0),
+    times the ``texture_seen`` fraction (a twin the tesselation lacks counts as wholly seen)."""
+    tris = face_triangles()
     twin = mirror_triangles()
-    return np.where(twin >= 0, seen[np.maximum(twin, 0)], 1.0)
+    vis = np.maximum(_signed_area(tl[tris]), 0.0) * seen
+    vis_m = np.maximum(-_signed_area(tl[mirror[tris]]), 0.0) * np.where(twin >= 0, seen[np.maximum(twin, 0)], 1.0)
+    return vis, vis_m
 
 
 def _signed_area(p: np.ndarray) -> np.ndarray:
@@ -271,8 +276,7 @@ def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, 
     tris = face_triangles()
     mirror = canonical()[1]
     seen = texture_seen(tl, tris, tex.shape[:2])
-    vis = np.maximum(_signed_area(tl[tris][:, :, :2]), 0.0) * seen
-    vis_m = np.maximum(-_signed_area(tl[mirror[tris]][:, :, :2]), 0.0) * twin_seen(seen)  # a mirror image turns clockwise
+    vis, vis_m = shot_visibility(tl[:, :2], mirror, seen)
     use_mirror = vis < 0.05 * vis_m
     shown = (vis > 0) | use_mirror
     region = skin_region(tl[:, :2], tex.shape[:2], face_px)
@@ -332,9 +336,7 @@ class Shot:
         # its mirror twin's pixels, unless the twin is the foreshortened one, where it keeps its own
         tl = self.landmarks[:, :2].astype(np.float64)
         tris = face_triangles()
-        seen = np.ones(len(tris), np.float32) if self.seen is None else self.seen
-        vis = np.maximum(_signed_area(tl[tris]), 0.0) * seen
-        vis_m = np.maximum(-_signed_area(tl[self.mirror[tris]]), 0.0) * twin_seen(seen)
+        vis, vis_m = shot_visibility(tl, self.mirror, np.ones(len(tris), np.float32) if self.seen is None else self.seen)
         flipped = np.where(vis_m < 0.05 * vis, 0, n).astype(np.int32)
         # the shot made symmetric (a three-quarter avatar on a head facing the camera): the near half as it
         # is, the far half (foreshortened, its outline cut by the nose) from the near half's mirror image
