@@ -231,13 +231,13 @@ def texture_seen(tl: np.ndarray, tris: np.ndarray, shape: tuple[int, int]) -> np
     nostril. Triangles are drawn nearest first (the landmarks' depth) at SEEN_SCALE times the
     texture's resolution, the first one over a pixel owning it."""
     p = tl[:, :2] * SEEN_SCALE
-    front = _signed_area(p[tris]) > 0
-    order = np.nonzero(front)[0]
+    area = 0.5 * _signed_area(p[tris])
+    order = np.nonzero(area > 0)[0]  # facing the camera
     order = order[np.argsort(tl[tris[order], 2].mean(axis=1), kind="stable")]
+    area = area[order]
     h, w = shape[0] * SEEN_SCALE, shape[1] * SEEN_SCALE
     owner = tk.owner_ref(p, tris[order], (0, 0, w, h), (h, w))
     owned = np.bincount(owner[owner >= 0], minlength=len(order)).astype(np.float64)
-    area = 0.5 * _signed_area(p[tris[order]])
     seen = np.zeros(len(tris), np.float32)
     # a sliver of a few pixels may own none of them by where they fall: counted as seen
     seen[order] = np.where(area < SEEN_MIN_PX, 1.0, np.clip(owned / np.maximum(area, 1.0), 0.0, 1.0))
