@@ -64,6 +64,12 @@ BROW_RIGHT = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
 BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 
 TEXTURE_VERSION = "10"
+# the live eye's rim shows at least this far around the eye opening, and this far around its corners
+# (fractions of the wider eye's width times eye_margin): when the eye shuts, its opening is a line, and the
+# avatar's lid triangles would meet there, with the avatar's own lash line or the pale corner of a
+# painted eye whose detected contour lies inside the paint crushed into a hard streak or sliver
+EYE_RIM = 0.05
+EYE_CORNER = 0.12
 MASK_WIDTH = 128  # the soft mask is built at most this wide, then resized to the face box
 DETAIL_WIDTH = 128  # face width at which the live face's and the avatar's detail are compared
 # the seamless blend's membrane corrects lighting by at most this much per channel (0..255): enough for a
@@ -551,10 +557,12 @@ class SwapMask:
         cv2.GaussianBlur(outer, (0, 0), ramp / 4.0, dst=outer)
         holes = np.zeros((mh, mw), np.uint8)
         polys = [pts[list(LIPS_INNER)]]
+        rims = []
         for loop in (EYE_RIGHT, EYE_LEFT):  # the eye opening grown to include the lids' edges
             e = pts[list(loop)]
             c = e.mean(0)
             polys.append(c + (e - c) * p["eye_margin"])
+            rims.append(e)
         cv2.fillPoly(holes, [np.round(x * 16).astype(np.int32) for x in polys], 255, cv2.LINE_AA, 4)
         if mouth_w > 0:
             lips = pts[list(LIPS_OUTER)]
@@ -562,6 +570,16 @@ class SwapMask:
             cv2.fillPoly(holes, [np.round((c + (lips - c) * 1.12) * 16).astype(np.int32)], int(255 * mouth_w),
                          cv2.LINE_AA, 4)
         cv2.GaussianBlur(holes, (0, 0), max(0.02 * fw, 0.6), dst=holes)
+        # and a rim around each eye, wider at its corners, with a sharper edge (it is thin)
+        rim = np.zeros((mh, mw), np.uint8)
+        ew = max(float(np.linalg.norm(e[0] - e[8])) for e in rims) * p["eye_margin"]
+        for e in rims:
+            q = np.round(e * 16).astype(np.int32)
+            cv2.polylines(rim, [q], True, 255, max(1, int(round(2 * EYE_RIM * ew))), cv2.LINE_AA, 4)
+            for k in (0, 8):
+                cv2.circle(rim, tuple(int(v) for v in q[k]), int(round(EYE_CORNER * ew * 16)), 255, -1, cv2.LINE_AA, 4)
+        cv2.GaussianBlur(rim, (0, 0), max(0.5 * EYE_RIM * ew, 0.6), dst=rim)
+        np.maximum(holes, rim, out=holes)
         if p["brow_show"] > 0:  # the streamer's brows show through (they carry much of the expression)
             brows = np.zeros((mh, mw), np.uint8)
             bpolys = []

@@ -238,6 +238,27 @@ def test_mouth_mask_keeps_the_real_mouth_when_open(shared_data):
     assert_kept(on, off, f, lips, 2.0)
 
 
+def test_a_shut_eye_shows_the_streamers_own_lash_line(shared_data, talking):
+    # frame 60 of woman_expressions: both eyes shut. Where the upper and lower lid meet, and at the eyes'
+    # corners, the swap shows the streamer's own lids: Mona's lid triangles meeting there would draw her
+    # own lash line crushed into a hard streak and the pale corner of her painted eye as a bright sliver
+    frames, faces = talking
+    f, face = frames[20], faces[20][0]
+    lm = face.landmarks
+    line = np.zeros(f.shape[:2], np.uint8)
+    for loop in (EYE_RIGHT, EYE_LEFT):
+        e = lm[list(loop), :2]
+        ew = float(np.linalg.norm(e[0] - e[8]))
+        assert fmx.eye_open(lm, "right" if loop == EYE_RIGHT else "left") < 0.1  # shut
+        cv2.polylines(line, [np.round(e).astype(np.int32)], True, 1, max(1, round(0.04 * ew)))
+        for k in (0, 8):
+            cv2.circle(line, tuple(int(v) for v in np.round(e[k])), round(0.06 * ew), 1, -1)
+    line = line.astype(bool)
+    out = swap(swap_node(shared_data, f.shape[:2]), f, [face])
+    diff = np.abs(out.astype(int) - f.astype(int)).max(2)
+    assert diff[line].mean() < 3.0 and np.percentile(diff[line], 99) < 25, (diff[line].mean(), np.percentile(diff[line], 99))
+
+
 def test_brow_show_lets_the_streamers_brows_through(shared_data, talking):
     frames, faces = talking
     f, face = frames[5], faces[5][0]
