@@ -123,6 +123,23 @@ def motion_transfer(drv_lm: np.ndarray, out_lm: np.ndarray, names=fmx.MOTION_FEA
     return res
 
 
+def _series(lms: list[np.ndarray | None]) -> np.ndarray:
+    """(T, 478, 3) with NaN rows where no face was found."""
+    nan = np.full((478, 3), np.nan, np.float32)
+    return np.array([nan if x is None else x for x in lms])
+
+
+def drawn_motion(drv_lm: np.ndarray, drawn_lm: np.ndarray, out_lm: np.ndarray) -> dict[str, float]:
+    """For a node that reports the face it drew (its own landmarks, not re-detected): ``drawn_motion_r``,
+    the motion transfer r from the driver to what the node drew, and ``redetect_r``, from what it drew to
+    what the re-detection reads on the output frames. The measured motion r is bounded by both: a low
+    ``redetect_r`` with a high ``drawn_motion_r`` says the detector cannot read the avatar (no brows, a
+    painted eye), not that the motion was not drawn. Diagnostics; no target."""
+    res = {f"drawn_{k}": v for k, v in motion_transfer(drv_lm, drawn_lm).items()}
+    res["redetect_r"] = motion_transfer(drawn_lm, out_lm)["motion_r"]
+    return res
+
+
 class MotionTransfer(LandmarkSeries):
     name = "motion"
 
@@ -438,7 +455,7 @@ register_suite(Suite(
         Target("cross", "found_rate", "min", ">=", 0.99, "face found on output frames, worst pair"),
     ],
     columns=[("cross", "found_rate", "found"), ("cross", "motion_r", "motion r"),
-             ("cross", "jitter_ratio", "jitter x"), ("self", "found_rate", "found"), ("self", "l1", "L1@256"),
+             ("cross", "drawn_motion_r", "drawn r"), ("cross", "jitter_ratio", "jitter x"), ("self", "found_rate", "found"), ("self", "l1", "L1@256"),
              ("self", "landmark_px", "lmk px")],
 ))
 
@@ -615,6 +632,11 @@ class Evaluator:
             if cached is None:
                 self._drv.reset()
             drv_lms: list[np.ndarray | None] = []
+            # the output node's own faces, when it reports the face it drew (reenact does): what it meant
+            # to draw, against which the re-detection's own losses show
+            out_run = engine.graph.run_by_id.get(engine.graph.preset.output[0])
+            drawn: list[np.ndarray] = []
+            out_lms: list[np.ndarray | None] = []
             frame = np.empty((src.size[1], src.size[0], 3), np.uint8)
             out = np.empty((oh, ow, 3), np.uint8)
             n = 0
@@ -628,6 +650,10 @@ class Evaluator:
                     dl = found[0] if found else None
                 drv_lms.append(dl)
                 ol = self._out.detect(out)
+                out_lms.append(ol[0] if ol else None)
+                if out_run is not None and "faces" in out_run.out:
+                    fs = out_run.out["faces"]
+                    drawn.append(fs[0].landmarks if fs else np.full((478, 3), np.nan, np.float32))
                 for m in ms:
                     m.frame(n, frame, out, dl, ol[0] if ol else None)
                 n += 1
@@ -636,6 +662,8 @@ class Evaluator:
             figures: dict[str, float] = {}
             for m in ms:
                 figures.update(m.finish())
+            if kind == "cross" and drawn:
+                figures.update(drawn_motion(_series(drv_lms), np.array(drawn), _series(out_lms)))
             rec["figures"] = figures
             rec["fps"] = n / max(time.perf_counter() - t0, 1e-9)
             rec["node_ms"] = engine.graph.timings()
@@ -689,6 +717,11 @@ def report_lines(result: dict) -> list[str]:
         if feats:
             lines.append(f"  {what}: " + ", ".join(f"{k.removeprefix('r_')} {_fmt(_nanmean([r['figures'][k] for r in runs]))}"
                                                    for k in feats))
+        drawn = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("drawn_")]
+        if drawn:
+            lines.append("  as drawn (the node's own landmarks, not re-detected; no target): " + ", ".join(
+                f"{k.removeprefix('drawn_').removeprefix('r_')} {_fmt(_nanmean([r['figures'].get(k, math.nan) for r in runs]))}"
+                for k in drawn) + f"; drawn -> re-detected r {_fmt(_nanmean([r['figures'].get('redetect_r', math.nan) for r in runs]))}")
     ratios = [r["figures"]["jitter_floor_ratio"] for r in result["runs"]
               if r["kind"] == "cross" and math.isfinite(r.get("figures", {}).get("jitter_floor_ratio", float("nan")))]
     if ratios:

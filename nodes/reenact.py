@@ -890,6 +890,7 @@ class AvatarRig:
             base3 = self._rigid(self.verts, pose, rot)
         moved = self._rigid(verts, pose, rot)
         self.last_base = base3[:, :2]
+        self.last_z = moved[:N_LM, 2]
         dst, self.folds = unfold(self.src2, base3[:, :2], moved[:, :2], self.tris, self.check, *self.nb)
         # painter's order: front-facing face triangles nearest first, then hair/neck/background, and
         # last the back-facing ones (folded away behind the face; they only fill what nothing else does)
@@ -1172,7 +1173,9 @@ class Reenact(Node):
     description = "The avatar image animated by the tracked driver face: head turns, expressions, blinks, mouth."
     inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR driver frame (only its faces are used)"),
               Port("faces", PortType.FACES, "driver faces from the `face` node (landmarks in driver pixels)"))
-    outputs = (Port("frame", PortType.FRAME, "(h, w, 3) uint8 BGR: the avatar's size, or `size`"),)
+    outputs = (Port("frame", PortType.FRAME, "(h, w, 3) uint8 BGR: the avatar's size, or `size`"),
+               Port("faces", PortType.FACES, "the avatar's face as drawn: its landmarks in output pixels (for the "
+                    "nodes after this one, and for `avatarcast eval`'s drawn motion figures)"))
     commands = ("recalibrate",)
     params = (
         Param("size", "size", None, "output size WxH (default: the avatar image's size; letterboxed)",
@@ -1364,10 +1367,21 @@ class Reenact(Node):
     def process(self, inputs, out) -> None:
         faces = inputs.get("faces") or []
         pose = self.target_pose(faces)
+        frame = out["frame"]
         if self.ctx.device == "cuda":
-            self._render_torch(pose, out["frame"])
-            return
-        self._render(pose, out["frame"])
+            self._render_torch(pose, frame)
+        else:
+            self._render(pose, frame)
+        out["faces"] = [self.drawn_face(frame.shape[1::-1])]
+
+    def drawn_face(self, size: tuple[int, int]) -> Face:
+        """The avatar's face as the last frame drew it (landmarks in output pixels, depth as posed)."""
+        from .face import make_face
+
+        lm = np.empty((N_LM, 3), np.float32)
+        lm[:, :2] = self.dst[:N_LM]
+        lm[:, 2] = self.rig.last_z
+        return make_face(lm, size)
 
     def _render_torch(self, pose: Pose, out: np.ndarray, device: str = "cuda") -> None:
         """The same frame as ``_render`` with the warp in torch (CUDA live; CPU in the equality test)."""

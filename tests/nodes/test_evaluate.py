@@ -120,6 +120,24 @@ def test_motion_transfer_and_stability_measures():
     assert st.finish()["jitter_ratio"] > 3.0
 
 
+def test_drawn_motion_splits_what_was_drawn_from_what_the_detector_reads():
+    drv = synthetic_clip()
+    res = ev.drawn_motion(drv, drv, synthetic_clip(noise=2.0, seed=1))
+    assert res["drawn_motion_r"] == pytest.approx(1.0)  # drawn exactly as the driver moved
+    assert 0.3 < res["redetect_r"] < 0.99  # read back with noise
+    assert all(k.startswith("drawn_") or k == "redetect_r" for k in res)
+
+
+def test_a_node_that_reports_its_drawn_face_gets_drawn_figures(clips, shared_data):
+    preset = loads_preset("name: re\npipeline: [{node: face}, {node: reenact}]\n")
+    res = evaluate(preset, clips[:1], [shared_data / "avatars" / "painted_child.jpg"], frames=30, self_reenact=False)
+    f = by_kind(res, "cross")[0]["figures"]
+    assert 0.5 < f["drawn_motion_r"] <= 1.0 and -1.0 <= f["redetect_r"] <= 1.0
+    # a pipeline whose last node reports no face of its own has none
+    plain = evaluate(ev.pipeline_preset("[]"), clips[:1], frames=10, self_reenact=False)
+    assert not any(k.startswith("drawn_") for k in by_kind(plain, "cross")[0]["figures"])
+
+
 def test_cli_writes_json_and_check_fails_on_missed_targets(clips, tmp_path, capsys):
     out = tmp_path / "id.json"
     args = ["eval", "--driving", str(clips[1]), "--max-frames", "12", "--no-self", "--json", str(out), "--check"]

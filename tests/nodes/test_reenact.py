@@ -15,6 +15,7 @@ from engine.kernels import warp as wk
 from engine.node import Avatar, BuildContext
 from engine.preset import load_preset, loads_preset
 from engine.sources import read_frames
+from nodes import face_metrics as fmx
 from nodes import reenact as rk
 from nodes.face import Face, MeshDetector
 
@@ -290,6 +291,29 @@ def test_real_clip_has_no_holes_and_no_fold_overs(shared_data, talking):
         moved = max(moved, float(np.abs(node.dst - node.rig.src2).max()))
         assert np.isfinite(out).all()
     assert moved > 3  # it did move
+
+
+def test_the_node_reports_the_face_it_drew_in_output_pixels(shared_data, talking):
+    # the `faces` output is the avatar's face where this frame drew it: a re-detection of the output
+    # frame finds it there, turned the way the node reports, for nodes after reenact and for eval
+    frames, lms = talking
+    node = make_node([shared_data / "avatars" / "small_face_portrait.jpg"])
+    det = MeshDetector(static=True, max_faces=1)
+    h, w = node.out_shapes["frame"]
+    for k in (0, 60, 120):
+        out = np.zeros((h, w, 3), np.uint8)
+        ports = {"frame": out}
+        node.process({"frame": None, "faces": [face_of(lms[k])]}, ports)
+        drawn = ports["faces"][0]
+        assert drawn.frame_size == (w, h)
+        seen = det.detect(out)[0]
+        fw = float(np.ptp(seen[list(fmx.FACE_OVAL), 0]))
+        err = np.linalg.norm(drawn.landmarks[:, :2] - seen[:, :2], axis=1)
+        assert np.median(err) < 0.03 * fw, (k, np.median(err) / fw)
+    # with no driver the idle avatar is still reported where it is drawn
+    ports = {"frame": np.zeros((h, w, 3), np.uint8)}
+    node.process({"frame": None, "faces": []}, ports)
+    assert len(ports["faces"]) == 1 and np.isfinite(ports["faces"][0].landmarks).all()
 
 
 def test_driver_with_no_face_half_a_face_and_two_faces(child, talking):
