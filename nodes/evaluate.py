@@ -134,9 +134,12 @@ def drawn_motion(drv_lm: np.ndarray, drawn_lm: np.ndarray, out_lm: np.ndarray) -
     the motion transfer r from the driver to what the node drew, and ``redetect_r``, from what it drew to
     what the re-detection reads on the output frames. The measured motion r is bounded by both: a low
     ``redetect_r`` with a high ``drawn_motion_r`` says the detector cannot read the avatar (no brows, a
-    painted eye), not that the motion was not drawn. Diagnostics; no target."""
+    painted eye), not that the motion was not drawn. ``drawn_jitter_ratio``: the drawn landmarks' jitter
+    over the driver's (as ``Stability``; the output's re-detection adds its own). Diagnostics; no target."""
     res = {f"drawn_{k}": v for k, v in motion_transfer(drv_lm, drawn_lm).items()}
     res["redetect_r"] = motion_transfer(drawn_lm, out_lm)["motion_r"]
+    jd = fmx.jitter(drv_lm)
+    res["drawn_jitter_ratio"] = fmx.jitter(drawn_lm) / jd if jd > 0 else float("nan")
     return res
 
 
@@ -717,11 +720,13 @@ def report_lines(result: dict) -> list[str]:
         if feats:
             lines.append(f"  {what}: " + ", ".join(f"{k.removeprefix('r_')} {_fmt(_nanmean([r['figures'][k] for r in runs]))}"
                                                    for k in feats))
-        drawn = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("drawn_")]
+        drawn = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("drawn_") and "jitter" not in k]
         if drawn:
             lines.append("  as drawn (the node's own landmarks, not re-detected; no target): " + ", ".join(
                 f"{k.removeprefix('drawn_').removeprefix('r_')} {_fmt(_nanmean([r['figures'].get(k, math.nan) for r in runs]))}"
-                for k in drawn) + f"; drawn -> re-detected r {_fmt(_nanmean([r['figures'].get('redetect_r', math.nan) for r in runs]))}")
+                for k in drawn) + f"; drawn -> re-detected r {_fmt(_nanmean([r['figures'].get('redetect_r', math.nan) for r in runs]))}"
+                f"; drawn jitter / driver jitter, worst pair "
+                f"{_fmt(max((v for r in runs if math.isfinite(v := r['figures'].get('drawn_jitter_ratio', math.nan))), default=math.nan))}")
     ratios = [r["figures"]["jitter_floor_ratio"] for r in result["runs"]
               if r["kind"] == "cross" and math.isfinite(r.get("figures", {}).get("jitter_floor_ratio", float("nan")))]
     if ratios:

@@ -126,6 +126,8 @@ def test_drawn_motion_splits_what_was_drawn_from_what_the_detector_reads():
     assert res["drawn_motion_r"] == pytest.approx(1.0)  # drawn exactly as the driver moved
     assert 0.3 < res["redetect_r"] < 0.99  # read back with noise
     assert all(k.startswith("drawn_") or k == "redetect_r" for k in res)
+    assert res["drawn_jitter_ratio"] == pytest.approx(1.0)
+    assert ev.drawn_motion(drv, synthetic_clip(noise=1.0, seed=2), drv)["drawn_jitter_ratio"] > 3.0
 
 
 def test_a_node_that_reports_its_drawn_face_gets_drawn_figures(clips, shared_data):
