@@ -458,8 +458,8 @@ register_suite(Suite(
         Target("cross", "found_rate", "min", ">=", 0.99, "face found on output frames, worst pair"),
     ],
     columns=[("cross", "found_rate", "found"), ("cross", "motion_r", "motion r"),
-             ("cross", "drawn_motion_r", "drawn r"), ("cross", "jitter_ratio", "jitter x"), ("self", "found_rate", "found"), ("self", "l1", "L1@256"),
-             ("self", "landmark_px", "lmk px")],
+             ("cross", "drawn_motion_r", "drawn r"), ("cross", "jitter_ratio", "jitter x"),
+             ("self", "found_rate", "found"), ("self", "l1", "L1@256"), ("self", "landmark_px", "lmk px")],
 ))
 
 
@@ -722,11 +722,15 @@ def report_lines(result: dict) -> list[str]:
                                                    for k in feats))
         drawn = [k for k in (runs[0]["figures"] if runs else {}) if k.startswith("drawn_") and "jitter" not in k]
         if drawn:
-            lines.append("  as drawn (the node's own landmarks, not re-detected; no target): " + ", ".join(
-                f"{k.removeprefix('drawn_').removeprefix('r_')} {_fmt(_nanmean([r['figures'].get(k, math.nan) for r in runs]))}"
-                for k in drawn) + f"; drawn -> re-detected r {_fmt(_nanmean([r['figures'].get('redetect_r', math.nan) for r in runs]))}"
-                f"; drawn jitter / driver jitter, worst pair "
-                f"{_fmt(max((v for r in runs if math.isfinite(v := r['figures'].get('drawn_jitter_ratio', math.nan))), default=math.nan))}")
+            def values(key: str, runs: list[dict] = runs) -> list[float]:
+                return [r["figures"].get(key, math.nan) for r in runs]
+
+            per_feature = ", ".join(f"{k.removeprefix('drawn_').removeprefix('r_')} {_fmt(_nanmean(values(k)))}"
+                                    for k in drawn)
+            jitter = [v for v in values("drawn_jitter_ratio") if math.isfinite(v)]
+            lines.append(f"  as drawn (the node's own landmarks, not re-detected; no target): {per_feature}; "
+                         f"drawn -> re-detected r {_fmt(_nanmean(values('redetect_r')))}; drawn jitter / driver "
+                         f"jitter, worst pair {_fmt(max(jitter) if jitter else math.nan)}")
     ratios = [r["figures"]["jitter_floor_ratio"] for r in result["runs"]
               if r["kind"] == "cross" and math.isfinite(r.get("figures", {}).get("jitter_floor_ratio", float("nan")))]
     if ratios:
