@@ -85,21 +85,26 @@ class Measure:
         raise NotImplementedError
 
 
+def _series(lms: list[np.ndarray | None]) -> np.ndarray:
+    """(T, 478, 3) with NaN rows where no face was found."""
+    nan = np.full((fmx.IRIS_LEFT + 5, 3), np.nan, np.float32)
+    return np.array([nan if x is None else x for x in lms])
+
+
 class LandmarkSeries(Measure):
     """Collects both landmark series (NaN where no face) for measures computed over whole clips."""
 
     def start(self, run: RunInfo) -> None:
         super().start(run)
-        self.drv: list[np.ndarray] = []
-        self.out: list[np.ndarray] = []
+        self.drv: list[np.ndarray | None] = []
+        self.out: list[np.ndarray | None] = []
 
     def frame(self, i, driver, output, driver_lm, output_lm) -> None:
-        nan = np.full((fmx.IRIS_LEFT + 5, 3), np.nan, np.float32)
-        self.drv.append(nan if driver_lm is None else driver_lm)
-        self.out.append(nan if output_lm is None else output_lm)
+        self.drv.append(driver_lm)
+        self.out.append(output_lm)
 
     def series(self) -> tuple[np.ndarray, np.ndarray]:
-        return np.array(self.drv), np.array(self.out)
+        return _series(self.drv), _series(self.out)
 
 
 def motion_transfer(drv_lm: np.ndarray, out_lm: np.ndarray, names=fmx.MOTION_FEATURES) -> dict[str, float]:
@@ -121,12 +126,6 @@ def motion_transfer(drv_lm: np.ndarray, out_lm: np.ndarray, names=fmx.MOTION_FEA
     vals = [v for v in res.values() if math.isfinite(v)]
     res["motion_r"] = float(np.mean(vals)) if vals else float("nan")
     return res
-
-
-def _series(lms: list[np.ndarray | None]) -> np.ndarray:
-    """(T, 478, 3) with NaN rows where no face was found."""
-    nan = np.full((478, 3), np.nan, np.float32)
-    return np.array([nan if x is None else x for x in lms])
 
 
 def drawn_motion(drv_lm: np.ndarray, drawn_lm: np.ndarray, out_lm: np.ndarray) -> dict[str, float]:
@@ -638,7 +637,7 @@ class Evaluator:
             # the output node's own faces, when it reports the face it drew (reenact does): what it meant
             # to draw, against which the re-detection's own losses show
             out_run = engine.graph.run_by_id.get(engine.graph.preset.output[0])
-            drawn: list[np.ndarray] = []
+            drawn: list[np.ndarray | None] = []
             out_lms: list[np.ndarray | None] = []
             frame = np.empty((src.size[1], src.size[0], 3), np.uint8)
             out = np.empty((oh, ow, 3), np.uint8)
@@ -656,7 +655,7 @@ class Evaluator:
                 out_lms.append(ol[0] if ol else None)
                 if out_run is not None and "faces" in out_run.out:
                     fs = out_run.out["faces"]
-                    drawn.append(fs[0].landmarks if fs else np.full((478, 3), np.nan, np.float32))
+                    drawn.append(fs[0].landmarks if fs else None)
                 for m in ms:
                     m.frame(n, frame, out, dl, ol[0] if ol else None)
                 n += 1
@@ -666,7 +665,7 @@ class Evaluator:
             for m in ms:
                 figures.update(m.finish())
             if kind == "cross" and drawn:
-                figures.update(drawn_motion(_series(drv_lms), np.array(drawn), _series(out_lms)))
+                figures.update(drawn_motion(_series(drv_lms), _series(drawn), _series(out_lms)))
             rec["figures"] = figures
             rec["fps"] = n / max(time.perf_counter() - t0, 1e-9)
             rec["node_ms"] = engine.graph.timings()
