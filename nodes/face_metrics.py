@@ -30,6 +30,9 @@ BROW_LEFT = (300, 293, 334, 296, 336)
 # eye line than the corners alone
 EYE_LEFT_RING = (249, 263, 362, 373, 374, 380, 381, 382, 384, 385, 386, 387, 388, 390, 398, 466)
 EYE_RIGHT_RING = (7, 33, 133, 144, 145, 153, 154, 155, 157, 158, 159, 160, 161, 163, 173, 246)
+# the mesh row just above each upper lid (outer corner inwards): with the lid it bounds the lid's band
+EYE_RIGHT_ABOVE = (247, 30, 29, 27, 28, 56, 190)
+EYE_LEFT_ABOVE = (467, 260, 259, 257, 258, 286, 414)
 IRIS_RIGHT, IRIS_LEFT = 468, 473  # iris centres (refine_landmarks=True)
 # the face outline as a closed loop (forehead, the person's left side, chin, right side)
 FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,

@@ -63,7 +63,8 @@ BAND_LEFT = (300, 293, 334, 296, 336, 285, 417, 362, 382, 381, 380, 374, 373, 39
 BROW_RIGHT = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
 BROW_LEFT = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 
-TEXTURE_VERSION = "10"
+TEXTURE_VERSION = "11"
+CLEAN_TOLERANCE = 3.0  # avatar texture clean-up: pixels this far from the skin colour (spreads) are not skin
 # the live eye's rim shows at least this far around the eye opening, and this far around its corners
 # (fractions of the wider eye's width times eye_margin): when the eye shuts, its opening is a line, and the
 # avatar's lid triangles would meet there, with the avatar's own lash line or the pale corner of a
@@ -288,6 +289,7 @@ def prepare_shot(image: np.ndarray, name: str, face_px: int = 256) -> dict[str, 
     region = skin_region(tl[:, :2], tex.shape[:2], face_px)
     stats = lab_stats(tex, region)
     tex = clean_border(tex, tl[:, :2], stats, face_px)
+    tex = clean_lids(tex, tl[:, :2], stats, face_px)
     return {"texture": tex, "landmarks": tl.astype(np.float32), "pose": np.array([face.yaw, face.pitch], np.float32),
             "shown": shown, "use_mirror": use_mirror, "mirror": mirror.astype(np.int32), "seen": seen,
             "lab": cv2.cvtColor(tex.astype(np.float32) / 255.0, cv2.COLOR_BGR2LAB), "stats": stats}
@@ -301,11 +303,33 @@ def clean_border(tex: np.ndarray, lm2: np.ndarray, stats: np.ndarray, face_w: fl
     band = np.zeros(tex.shape[:2], np.uint8)
     cv2.fillPoly(band, [np.round(oval).astype(np.int32)], 1)
     cv2.fillPoly(band, [np.round(_shrink(oval, 0.2 * face_w)).astype(np.int32)], 0)
-    bad = (occlusion_distance(tex, stats) > 3.0) & band.astype(bool)
+    return _inpaint_unlike_skin(tex, band, stats, face_w, 5, within=False)
+
+
+def _inpaint_unlike_skin(tex: np.ndarray, band: np.ndarray, stats: np.ndarray, face_w: float, grow: int,
+                         within: bool) -> np.ndarray:
+    """``tex`` with its pixels in ``band`` that are far from the skin colour inpainted from around them,
+    grown by ``grow`` px (``within``: not past the band)."""
+    bad = (occlusion_distance(tex, stats) > CLEAN_TOLERANCE) & band.astype(bool)
     if not bad.any():
         return tex
-    bad = cv2.dilate(bad.astype(np.uint8), np.ones((5, 5), np.uint8))
+    bad = cv2.dilate(bad.astype(np.uint8), np.ones((grow, grow), np.uint8))
+    if within:
+        bad &= band
     return cv2.inpaint(tex, bad, max(3.0, 0.02 * face_w), cv2.INPAINT_TELEA)
+
+
+def clean_lids(tex: np.ndarray, lm2: np.ndarray, stats: np.ndarray, face_w: float) -> np.ndarray:
+    """The band between each upper lid and the mesh row above it is what covers the live eye when it
+    shuts. Where the detector puts the lid inside a painted eye (Pearl's, a cartoon's), that band holds
+    the painted eye's white or iris, which a shut eye would show as a pale patch on its lid: pixels of
+    the band far from the avatar's skin colour (same test as ``clean_border``) are inpainted from the lid
+    skin around. An open eye shows the streamer's own lids over this band anyway (``eye_margin``)."""
+    band = np.zeros(tex.shape[:2], np.uint8)
+    for ring, above in ((EYE_RIGHT[:9], fmx.EYE_RIGHT_ABOVE), (EYE_LEFT[:9], fmx.EYE_LEFT_ABOVE)):
+        poly = np.concatenate([lm2[list(ring)], lm2[list(above)][::-1]])
+        cv2.fillPoly(band, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+    return _inpaint_unlike_skin(tex, band, stats, face_w, 3, within=True)
 
 
 def occlusion_distance(bgr: np.ndarray, skin: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from engine.preset import loads_preset
 from engine.runtime import Engine
 from engine.sources import read_frames
 from nodes import face_metrics as fmx
+from nodes import face_model
 from nodes.evaluate import FaceNormaliser, motion_transfer
 from nodes.face import FaceNode, MeshDetector, detect_landmarks, make_face
 from nodes.faceswap import (
@@ -28,7 +29,9 @@ from nodes.faceswap import (
     LIPS_OUTER,
     FaceSwap,
     _TrackState,
+    clean_lids,
     face_triangles,
+    lab_stats,
     texture_seen,
 )
 
@@ -322,6 +325,30 @@ def test_no_hole_in_the_swapped_nose(shared_data, talking):
         left = (o[..., 1] > o[..., 2] + 60) & (o[..., 1] > o[..., 0] + 60) & (region > 0)
         worst = max(worst, int(left.sum()))
     assert worst == 0, f"{worst} live pixels show through the {avatar} swap's nose"
+
+
+def test_clean_lids_paints_a_painted_eyes_white_out_of_the_lid_band_only():
+    # a skin-coloured face with a white blob in the band above the right upper lid (where a painting's
+    # eye white lies when the detector puts the lid inside the painted eye) and one on the cheek
+    pts = face_model.canonical()[0]
+    lm2 = 100.0 * pts[:, :2] + 150.0
+    if lm2[10, 1] > lm2[152, 1]:  # forehead above the chin in the picture
+        lm2[:, 1] = 300.0 - lm2[:, 1]
+    rng = np.random.default_rng(0)
+    tex = np.clip(np.array([120, 150, 200]) + rng.normal(0, 3, (300, 300, 3)), 0, 255).astype(np.uint8)
+    lid = np.round((lm2[159] + lm2[27]) / 2).astype(int)
+    cheek = np.round(lm2[205]).astype(int)
+    for c in (lid, cheek):
+        cv2.circle(tex, tuple(int(v) for v in c), 2, (250, 250, 250), -1)
+    stats = lab_stats(tex, np.ones(tex.shape[:2], bool))
+    out = clean_lids(tex, lm2, stats, 200.0)
+    assert out[lid[1], lid[0]].max() < 215  # the band's white is skin now
+    assert (out[cheek[1], cheek[0]] == 250).all()  # not the cheek's
+    # nothing changes away from the eyes' lids (in the band, a noisy pixel may count as unlike skin)
+    changed = np.argwhere(np.abs(out.astype(int) - tex).sum(2) > 0)[:, ::-1]
+    eyes = lm2[list(EYE_RIGHT) + list(EYE_LEFT) + list(fmx.EYE_RIGHT_ABOVE) + list(fmx.EYE_LEFT_ABOVE)]
+    near = np.linalg.norm(changed[:, None, :] - eyes[None], axis=2).min(1)
+    assert len(changed) and near.max() < 6, near.max()
 
 
 def test_texture_seen_counts_what_nearer_triangles_cover():
