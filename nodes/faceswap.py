@@ -326,6 +326,7 @@ def clean_lids(tex: np.ndarray, lm2: np.ndarray, stats: np.ndarray, face_w: floa
     the band far from the avatar's skin colour (same test as ``clean_border``) are inpainted from the lid
     skin around. An open eye shows the streamer's own lids over this band anyway (``eye_margin``)."""
     band = np.zeros(tex.shape[:2], np.uint8)
+    # each eye loop's first nine points are its upper lid, outer corner to inner
     for ring, above in ((EYE_RIGHT[:9], fmx.EYE_RIGHT_ABOVE), (EYE_LEFT[:9], fmx.EYE_LEFT_ABOVE)):
         poly = np.concatenate([lm2[list(ring)], lm2[list(above)][::-1]])
         cv2.fillPoly(band, [np.round(poly * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
