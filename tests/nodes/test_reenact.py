@@ -316,6 +316,14 @@ def test_the_node_reports_the_face_it_drew_in_output_pixels(shared_data, talking
     assert len(ports["faces"]) == 1 and np.isfinite(ports["faces"][0].landmarks).all()
 
 
+def test_a_face_effect_after_reenact_gets_the_avatars_face(child):
+    # the nearest earlier faces output is reenact's: a face swap after it works on the drawn avatar
+    preset = loads_preset(f"name: x\navatar: {{images: [{child}]}}\n"
+                          "pipeline: [{node: face}, {node: reenact}, {node: faceswap}]\n")
+    swap = next(n for n in preset.nodes if n.kind == "faceswap")
+    assert swap.inputs == {"frame": ("reenact", "frame"), "faces": ("reenact", "faces")}
+
+
 def test_driver_with_no_face_half_a_face_and_two_faces(child, talking):
     frames, lms = talking
     node = make_node([child])
