@@ -785,7 +785,9 @@ class FaceSwap(Node):
     description = "Live face swap: the avatar's face warped onto the tracked face through the dense mesh, colour-matched."
     inputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR live frame"),
               Port("faces", PortType.FACES, "list[Face] from the `face` node, landmarks in pixels of `frame`"))
-    outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR: the live frame with the avatar's face swapped in"),)
+    outputs = (Port("frame", PortType.FRAME, "(H, W, 3) uint8 BGR: the live frame with the avatar's face swapped in"),
+               Port("faces", PortType.FACES, "the faces it swapped, as tracked: the avatar's face is drawn at their "
+                    "landmarks (for the nodes after this one, and for `avatarcast eval`'s drawn figures)"))
     params = (
         Param("select", "choice", "largest", "which of the tracked faces to swap: all of them, the largest, or the "
               "n-th from the left (`index`); once chosen, the same person (track id) keeps the avatar",
@@ -903,8 +905,10 @@ class FaceSwap(Node):
         frame, dst = inputs["frame"], out["frame"]
         np.copyto(dst, frame)
         self._frame += 1
-        for face in self._select(inputs.get("faces") or []):
+        chosen = self._select(inputs.get("faces") or [])
+        for face in chosen:
             self._swap(face, frame, dst)
+        out["faces"] = chosen
         for tid in [t for t, s in self.tracks.items() if self._frame - s.seen > 2 * self.ctx.fps]:
             del self.tracks[tid]  # a person gone for two seconds: forget their colour and shot
 
@@ -1126,7 +1130,7 @@ def _register_suite() -> None:
             ev.Target("cross", "edge_ratio", "max", "<=", 1.2, "edge: output / input gradient along the mask "
                       "boundary, worst pair"),
         ],
-        columns=[("cross", "motion_r", "motion r"), ("cross", "id_to_avatar", "d avatar"),
+        columns=[("cross", "motion_r", "motion r"), ("cross", "drawn_motion_r", "drawn r"), ("cross", "id_to_avatar", "d avatar"),
                  ("cross", "id_to_original", "d orig"), ("cross", "flicker_ratio", "flicker x"),
                  ("cross", "edge_ratio", "edge x"), ("cross", "found_rate", "found")],
     ))

@@ -406,6 +406,11 @@ def test_selection_keeps_the_same_person_and_all_swaps_everyone(shared_data, tal
     assert np.abs(o.astype(int) - f)[:, : w // 2].sum() > 0 and np.abs(o.astype(int) - f)[:, w // 2:].sum() > 0
     o = swap(swap_node(shared_data, (h, w), select="index", index=1), f, [big, small])
     assert np.abs(o.astype(int) - f)[:, : w // 2].sum() == 0 and np.abs(o.astype(int) - f)[:, w // 2:].sum() > 0
+    # the node hands on the faces it swapped (the avatar's face is drawn at their landmarks)
+    for sel, want in (("largest", [big]), ("all", [big, small]), ("index", [small])):
+        ports = {"frame": np.empty_like(f)}
+        swap_node(shared_data, (h, w), select=sel, index=1).process({"frame": f, "faces": [big, small]}, ports)
+        assert [x.track_id for x in ports["faces"]] == [x.track_id for x in want]
 
 
 def test_few_shot_uses_the_shot_nearest_the_pose(shared_data, talking):
