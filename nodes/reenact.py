@@ -46,7 +46,7 @@ from engine.node import Node, register
 from engine.params import Param, Port, PortType
 
 from . import face_metrics as fmx
-from .face import Face
+from .face import Face, make_face
 
 log = logging.getLogger("avatarcast.reenact")
 
@@ -1376,8 +1376,6 @@ class Reenact(Node):
 
     def drawn_face(self, size: tuple[int, int]) -> Face:
         """The avatar's face as the last frame drew it (landmarks in output pixels, depth as posed)."""
-        from .face import make_face
-
         lm = np.empty((N_LM, 3), np.float32)
         lm[:, :2] = self.dst[:N_LM]
         lm[:, 2] = self.rig.last_z
