@@ -20,8 +20,10 @@ How it works (all geometry, no neural network, so it runs on a CPU):
      turns are clamped, and a turn towards a three-quarter avatar's hidden side stops where its thin
      strip of far-cheek pixels would be stretched past ``max_stretch`` (``AvatarRig._overstretched``).
   3. The mesh warp (``engine.kernels.warp``) moves the face; ring vertices follow the head motion of
-     their nearest face landmark partly and the border not at all, so hair, neck and background bend smoothly. Triangles that would flip have
-     their displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
+     their nearest face landmark partly and the border not at all, so hair, neck and background bend
+     smoothly; where the border is the picture's edge it gives way outwards ahead of the face (a chin
+     near the bottom of a tight crop goes out of the picture). Triangles that would flip have their
+     displacement shrunk (no folds). Only the support rectangle is warped; the rest is copied.
   4. An open mouth gets a dark cavity and a teeth band; extra shots (mouth open, eyes closed) supply
      their mouth or eye pixels when the expression is nearer to them than to the main shot.
   5. With no driver face (or a face the tracker is easing out), the avatar breathes and blinks.
@@ -51,7 +53,7 @@ from .face import Face, make_face
 log = logging.getLogger("avatarcast.reenact")
 
 N_LM = 478
-PREP_VERSION = "reenact-6"
+PREP_VERSION = "reenact-8"
 CACHE_NAMESPACE = "reenact_avatar"  # engine.cache namespace of prepare_avatar's arrays
 
 # ---- face-mesh index sets (mediapipe order) ----------------------------------------------------
@@ -95,6 +97,8 @@ OUTLINE_DEPTH_FROM = 6  # fit_far_outline: a moved point's depth is the median o
 OUTLINE_TURN = 2.0  # fit_far_outline: full move once the near side is this many times the far side
 RING1, RING2 = 1.35, 1.85  # ring radii, relative to the face oval, about the face centre
 RING_WEIGHTS = (0.8, 0.35)  # how much of the head's rigid motion each ring follows (the border: 0)
+EDGE_NEAR = 2.5  # px: a mesh vertex this near the picture's edge is on it (``AvatarRig``)
+PUSH_KEEP = 0.5  # a point around the face keeps this much of its gap when the face comes towards it
 STRETCH_SLACK = 0.01  # a turn may stretch this fraction of the face area past ``max_stretch`` (a few slivers)
 RELIEF = 1.0  # depth relief of the avatar's face used for rotations (1 = as detected)
 
@@ -150,11 +154,11 @@ def build_mesh(lm: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     y1 = min(h - 1.0, max(outer[:, 1].max(), p[:, 1].max()) + 0.6 * fw)  # more room below: neck
     x0, y0, x1, y1 = float(math.floor(x0)), float(math.floor(y0)), float(math.ceil(x1)), float(math.ceil(y1))
     x1, y1 = min(x1, w - 1.0), min(y1, h - 1.0)
-    # keep ring points strictly inside the rectangle (they may leave the image on cropped portraits)
+    # ring points outside the rectangle (beyond the picture's edge on a cropped portrait) are left out: the
+    # border there carries the motion (``AvatarRig`` lets it move outwards)
     inset = 2.0
-    for ring in rings:
-        ring[:, 0] = np.clip(ring[:, 0], x0 + inset, x1 - inset)
-        ring[:, 1] = np.clip(ring[:, 1], y0 + inset, y1 - inset)
+    inside = [(r[:, 0] >= x0 + inset) & (r[:, 0] <= x1 - inset) & (r[:, 1] >= y0 + inset) & (r[:, 1] <= y1 - inset)
+              for r in rings]
     nb_x = max(2, int(round((x1 - x0) / max(fw / 3, 8))))
     nb_y = max(2, int(round((y1 - y0) / max(fw / 3, 8))))
     xs = np.linspace(x0, x1, nb_x + 1)
@@ -168,11 +172,11 @@ def build_mesh(lm: np.ndarray, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     weight = np.concatenate([np.ones(len(p)), *weights, np.zeros(len(border))])
     layout = verts[:, :2].copy()
     layout[:len(p)] = _open_for_layout(lm)
-    # ring points that fell on top of others (clipped to the border) would make a degenerate layout
-    keep = np.ones(len(verts), bool)
+    # ring points on top of others would make a degenerate layout
+    keep = np.concatenate([np.ones(len(p), bool), *inside, np.ones(len(border), bool)])
     for i in range(len(p), len(verts)):
         d = np.abs(layout[:i][keep[:i]] - layout[i]).max(axis=1)
-        if d.size and d.min() < 1.0:
+        if keep[i] and d.size and d.min() < 1.0:
             keep[i] = False
     idx = np.nonzero(keep)[0]
     verts, weight, layout = verts[idx], weight[idx], layout[idx]
@@ -663,12 +667,26 @@ class Motion:
 
 
 class AvatarRig:
-    """The avatar's mesh in output pixels and the per-frame pose -> destination vertices step."""
+    """The avatar's mesh in output pixels and the per-frame pose -> destination vertices step.
 
-    def __init__(self, landmarks: np.ndarray, mesh: dict[str, np.ndarray]):
+    ``shape`` (h, w): the picture's size. The mesh's vertices on its edge may move outwards (or along
+    it), never inwards: a head moving towards the edge of a closely cropped portrait (the chin near the
+    bottom) pushes neck and hair out of the picture, as a real one does, instead of folding them against
+    the edge, and nothing from beyond the edge is pulled in (``_rigid``)."""
+
+    def __init__(self, landmarks: np.ndarray, mesh: dict[str, np.ndarray], shape: tuple[int, int] | None = None):
         self.lm = landmarks.astype(np.float64)
         self.verts = mesh["verts"].astype(np.float64)
         self.weight = mesh["weight"].astype(np.float64)
+        n = len(self.verts)
+        self.out_x = np.zeros(n)
+        self.out_y = np.zeros(n)
+        if shape is not None:  # -1, 0 or 1 per axis: the outward direction of a vertex on the picture's edge
+            h, w = shape
+            x, y = self.verts[:, 0], self.verts[:, 1]
+            self.out_x = np.where(x <= EDGE_NEAR, -1.0, np.where(x >= w - 1 - EDGE_NEAR, 1.0, 0.0))
+            self.out_y = np.where(y <= EDGE_NEAR, -1.0, np.where(y >= h - 1 - EDGE_NEAR, 1.0, 0.0))
+            self.out_x[:N_LM] = self.out_y[:N_LM] = 0.0
         self.tris = np.ascontiguousarray(mesh["tris"], np.int32)
         self.rect = mesh["rect"]
         self.src2 = np.ascontiguousarray(self.verts[:, :2])
@@ -707,6 +725,13 @@ class AvatarRig:
         # three quarters its far side reaches past the outline's rings) and need not be cut down
         near = self.verts[N_LM:, None, :2] - self.lm[None, :468, :2]
         self.anchor = np.argmin((near ** 2).sum(-1), axis=1)
+        # and is pushed ahead of it when the face comes nearer than PUSH_KEEP of their gap (``_rigid``):
+        # the unit direction from the anchor and the gap, for the vertices that may move (not the
+        # support rectangle's inner border, which holds the warp's edge still)
+        off = self.verts[N_LM:, :2] - self.lm[self.anchor, :2]
+        self.gap = np.linalg.norm(off, axis=1)
+        self.away = off / np.maximum(self.gap, 1e-9)[:, None]
+        self.pushed = (self.weight[N_LM:] > 0) | (self.out_x[N_LM:] != 0) | (self.out_y[N_LM:] != 0)
         self.folds = 0
         self.turn_scale = 1.0
         self.last_base = self.src2
@@ -834,8 +859,30 @@ class AvatarRig:
         # outside the face: the rigid motion of the anchor outline point (at rest, no expression)
         rest = self.verts[self.anchor]
         anchor = (self.pivot + pose.scale * (rest - self.pivot) @ rot.T)[:, :2] + pose.shift
-        moved[N_LM:, :2] = verts[N_LM:, :2] + (anchor - rest[:, :2])
-        moved[:, :2] = verts[:, :2] + self.weight[:, None] * (moved[:, :2] - verts[:, :2])
+        follow = anchor - rest[:, :2]
+        moved[N_LM:, :2] = verts[N_LM:, :2] + follow
+        d = self.weight[:, None] * (moved[:, :2] - verts[:, :2])
+        # a point the face comes towards keeps at least PUSH_KEEP of its gap from it: pushed ahead when
+        # its weight alone would let the face run over it (near the picture's edge, where points follow
+        # little), so the neck and hair between never fold
+        toward = (follow * self.away).sum(1)
+        need = toward - (1.0 - PUSH_KEEP) * self.gap - (d[N_LM:] * self.away).sum(1)
+        d[N_LM:] += np.where(self.pushed & (need > 0), need, 0.0)[:, None] * self.away
+        # on the picture's edge: outwards or along it, never inwards, and pushed out ahead of the face's
+        # outline (PUSH_KEEP of each outline point's gap to it kept, for outline points across from it)
+        p = verts[FACE_OVAL, :2]
+        step = moved[FACE_OVAL, :2] - p
+        for k, out in ((0, self.out_x), (1, self.out_y)):
+            sel = np.nonzero(out)[0]
+            if not sel.size:
+                continue
+            n = out[sel, None]
+            gap = (verts[sel, None, k] - p[None, :, k]) * n
+            across = np.clip(1.0 - np.abs(verts[sel, None, 1 - k] - p[None, :, 1 - k]) / (0.5 * self.fw), 0.0, 1.0)
+            need = (across * (step[None, :, k] * n - (1.0 - PUSH_KEEP) * gap)).max(axis=1) - d[sel, k] * n[:, 0]
+            d[sel, k] += np.maximum(need, 0.0) * n[:, 0]
+            d[:, k] = np.where(d[:, k] * out < 0, 0.0, d[:, k])
+        moved[:, :2] = verts[:, :2] + d
         return moved
 
     def place(self, pose: Pose) -> np.ndarray:
@@ -1241,7 +1288,7 @@ class Reenact(Node):
             shot_verts.append(lm)
         mesh = {"verts": data["verts"] * [s0, s0, s0] + [off0[0], off0[1], 0.0], "weight": data["weight"],
                 "tris": data["tris"], "rect": data["rect"] * s0 + np.r_[off0, off0]}
-        self.rig = AvatarRig(main_lm, mesh)
+        self.rig = AvatarRig(main_lm, mesh, (oh, ow))
         self.rig.max_stretch = self._max_stretch()
         self.canvas = canvases[0]
         # extra shots: their own landmarks, and the main mesh's non-landmark vertices mapped by the

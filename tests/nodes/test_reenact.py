@@ -810,3 +810,47 @@ def test_the_far_cheek_of_a_three_quarter_avatar_is_fitted_and_turns_without_a_j
         on[fit] = _silhouette_on_outline(node, out)
     assert on[True] >= 0.8  # turned, the painted edge is still the mesh's outline
     assert on[False] <= 0.2  # the detector's outline runs through the cheek
+
+
+# ---- a portrait cropped close to the face ----------------------------------------------------------
+
+def _cropped_at_chin(src: Path, dst: Path, below: float = 0.08) -> np.ndarray:
+    """``src`` cut off ``below`` face widths under the chin (as a webcam frame or a tight portrait is);
+    returns the cut image's landmarks."""
+    img = cv2.imread(str(src))
+    lm = rk.detect_landmarks(img)
+    fw = float(np.ptp(lm[rk.FACE_OVAL, 0]))
+    cv2.imwrite(str(dst), img[:int(lm[152, 1] + below * fw)])
+    return lm
+
+
+def test_a_head_moving_towards_the_pictures_edge_pushes_the_neck_out_instead_of_stopping(child, tmp_path):
+    """The chin a few pixels above the bottom edge; the driver nods down and moves down by a third of a
+    face width. The avatar follows all of it (before, the neck folded against the fixed edge and the
+    whole motion was cut down), the picture stays covered, and the edge's pixels slide out of it, never
+    in: moving back up pulls nothing from beyond the edge into view."""
+    cut = tmp_path / "cut.png"
+    _cropped_at_chin(child, cut)
+    node = make_node([cut], idle=False)
+    lm = node.rig.lm.copy()
+    h, w = node.out_shapes["frame"]
+    assert h - lm[152, 1] < 0.1 * node.rig.fw
+    run(node, [face_of(lm)])
+    pv = node.motion.pivot_n
+    r = cv2.Rodrigues(np.radians([-10.0, 0.0, 0.0]))[0]
+    down = (lm - pv) @ r.T + pv + [0.0, node.rig.fw / 3, 0.0]
+    out = run(node, [face_of(down)])
+    assert node.rig.turn_scale == 1.0
+    moved = node.dst[152, 1] - lm[152, 1]
+    assert moved > 0.2 * node.rig.fw  # the chin went down (and out of the picture), as the driver's did
+    assert no_holes(node, out)
+    edge = (node.rig.out_y > 0) & (np.arange(len(node.dst)) >= rk.N_LM)
+    assert edge.any()
+    assert (node.dst[edge, 1] >= node.rig.src2[edge, 1] - 1e-9).all()
+    assert (node.dst[edge, 1] > node.rig.src2[edge, 1] + 1.0).any()  # pushed out ahead of the chin
+    up = lm - [0.0, node.rig.fw / 3, 0.0]
+    out = run(node, [face_of(up)])
+    assert (node.dst[edge, 1] >= node.rig.src2[edge, 1] - 1e-9).all()  # never pulled in
+    assert no_holes(node, out)
+    # the bottom row: the picture's own, nothing from beyond the edge stretched in
+    assert np.abs(out[-1].astype(np.int16) - node.canvas[-1]).max() <= 2
