@@ -583,10 +583,19 @@ class Motion:
     avatar: (478, 3) avatar landmarks (main shot, output pixels). ``capture(d)`` sets the neutral;
     ``pose(d)`` gives the avatar's pose for driver landmarks ``d`` (478, 3) px."""
 
-    def __init__(self, avatar: np.ndarray, max_turn: float = 35.0, follow: float = 1.0):
+    def __init__(self, avatar: np.ndarray, max_turn: float = 35.0, follow: float = 1.0,
+                 size: tuple[int, int] | None = None):
         self.avatar = avatar.astype(np.float64)
         self.max_turn = max_turn
         self.follow = follow
+        # how far the head may shift, each way on each axis (soft limits): until the face's centre is a
+        # quarter face width from the picture's edge (``size`` (w, h)), or half a face width without one
+        fw = float(np.ptp(self.avatar[FACE_OVAL, 0]))
+        c = 0.5 * (self.avatar[FACE_OVAL, :2].min(0) + self.avatar[FACE_OVAL, :2].max(0))
+        if size is None:
+            self.room = np.full((2, 2), 0.5 * fw)
+        else:
+            self.room = np.maximum(np.array([c, np.asarray(size, np.float64) - c]) - 0.25 * fw, 0.1 * fw)
         self.neutral: np.ndarray | None = None
         self.nb_idx, self.nb_mask = mesh_neighbours()
         self.lip_weights = mouth_weights(self.avatar)  # once: a neutral may be captured many times (auto)
@@ -659,10 +668,11 @@ class Motion:
         pv = self.pivot_n
         moved = s * r @ pv + t - pv
         shift = self.follow * self.s_na * (self.r_na @ moved)[:2]
-        lim = 0.5 * np.ptp(self.avatar[FACE_OVAL, 0])  # a soft limit: the avatar stays in its frame
-        mag = float(np.linalg.norm(shift))
-        if mag > 1e-9:
-            shift *= lim * math.tanh(mag / lim) / mag
+        lim = np.where(shift < 0, self.room[0], self.room[1])  # soft limits: the avatar stays in its picture
+        knee = 0.7 * lim
+        over = np.abs(shift) > knee
+        shift = np.where(over, np.sign(shift) * (knee + (lim - knee) * np.tanh((np.abs(shift) - knee)
+                                                                             / np.maximum(lim - knee, 1e-9))), shift)
         return Pose(expr, eyes, rot, float(np.clip(s, 0.75, 1.33)), shift)
 
 
@@ -1302,7 +1312,7 @@ class Reenact(Node):
         self.shots = ShotBlender(canvases, shot_verts, data["features"], self.rig.tris, (oh, ow))
         self.mouth = MouthPainter((oh, ow), main_lm, self.canvas, self.p["teeth"])
         self.warp_state = wk.MeshWarp((oh, ow), len(self.rig.tris))
-        self.motion = Motion(main_lm, self.p["max_turn"], self.p["follow"])
+        self.motion = Motion(main_lm, self.p["max_turn"], self.p["follow"], (ow, oh))
         self.dst = self.rig.src2.copy()
         self.last_region = (0, 0, 0, 0)
         self.reset()

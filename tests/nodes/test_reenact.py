@@ -842,7 +842,7 @@ def test_a_head_moving_towards_the_pictures_edge_pushes_the_neck_out_instead_of_
     out = run(node, [face_of(down)])
     assert node.rig.turn_scale == 1.0
     moved = node.dst[152, 1] - lm[152, 1]
-    assert moved > 0.2 * node.rig.fw  # the chin went down (and out of the picture), as the driver's did
+    assert moved > 0.25 * node.rig.fw  # the chin went down (and out of the picture), as the driver's did
     assert no_holes(node, out)
     edge = (node.rig.out_y > 0) & (np.arange(len(node.dst)) >= rk.N_LM)
     assert edge.any()
