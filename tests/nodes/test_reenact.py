@@ -854,3 +854,20 @@ def test_a_head_moving_towards_the_pictures_edge_pushes_the_neck_out_instead_of_
     assert no_holes(node, out)
     # the bottom row: the picture's own, nothing from beyond the edge stretched in
     assert np.abs(out[-1].astype(np.int16) - node.canvas[-1]).max() <= 2
+
+
+def test_a_head_shift_is_followed_until_the_face_nears_the_pictures_edge(child):
+    """A driver moving sideways by 45% of a face width moves the avatar by as much (scaled to its face):
+    the soft limit is the room left in the picture, not a fixed half face width (which took a fifth
+    off this shift). A shift that would take the face out of the picture stops short of its edge."""
+    node = make_node([child], idle=False)
+    lm = node.rig.lm.copy()
+    h, w = node.out_shapes["frame"]
+    fw = node.rig.fw
+    run(node, [face_of(lm)])
+    run(node, [face_of(lm + [0.45 * fw, 0.0, 0.0])])
+    moved = float(np.mean(node.dst[rk.RIGID, 0] - lm[rk.RIGID, 0]))
+    assert 0.42 * fw < moved < 0.5 * fw  # (the neutral-to-avatar fit scales it by about 1.05)
+    run(node, [face_of(lm + [3.0 * w, 0.0, 0.0])])
+    centre = 0.5 * (node.dst[rk.FACE_OVAL, 0].min() + node.dst[rk.FACE_OVAL, 0].max())
+    assert centre < w - 0.25 * fw + 1.0
